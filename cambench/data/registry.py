@@ -1,0 +1,101 @@
+"""Datasets by config name: each has a schema (its YAML's keys), a class count known before the
+model is built, and a builder that takes the model's preprocessing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING
+from torch.utils.data import Dataset
+
+from cambench.data.shapes import SHAPE_CLASSES
+from cambench.data.shapes_dataset import ShapesDataset
+
+
+@dataclass
+class ShapesConfig:
+    name: str = "shapes"
+    split: str = "test"
+    num_images: int = 1000
+    image_size: int = 224
+    seed: int | None = None  # null: the split's own seed
+
+
+@dataclass
+class ImageNetConfig:
+    name: str = "imagenet"
+    root: str = MISSING  # the validation images: 1000 wnid folders, or flat files with labels_file
+    labels_file: str | None = None
+    class_index_file: str | None = None
+    boxes_dir: str | None = None  # ILSVRC XML annotations: ground-truth masks from the boxes
+
+
+@dataclass
+class FolderConfig:
+    name: str = "folder"
+    root: str = MISSING
+    class_map: dict[str, int] | None = None  # folder name -> model class index
+    num_classes: int | None = None  # the model's class count; null: 1000 with a class_map, else #folders
+
+
+@dataclass
+class ImagenetteConfig:
+    name: str = "imagenette"
+    root: str = "${oc.env:HOME}/.cache/cambench/imagenette"
+    split: str = "val"
+    size: str = "320px"
+    download: bool = False
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    schema: type
+    num_classes: Callable[[Any], int]
+    build: Callable[[Any, Any], Dataset]
+
+
+def _folder_classes(cfg: FolderConfig) -> int:
+    if cfg.num_classes is not None:
+        return cfg.num_classes
+    if cfg.class_map:
+        return 1000
+    return sum(1 for p in Path(cfg.root).iterdir() if p.is_dir()) if Path(cfg.root).is_dir() else 0
+
+
+def _files():  # imported lazily: PIL and torchvision.datasets are not needed for shapes
+    from cambench.data import files
+
+    return files
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "shapes": DatasetSpec(
+        ShapesConfig,
+        lambda cfg: len(SHAPE_CLASSES),
+        lambda cfg, prep: ShapesDataset(cfg.split, cfg.num_images, cfg.image_size, cfg.seed),
+    ),
+    "imagenet": DatasetSpec(
+        ImageNetConfig,
+        lambda cfg: 1000,
+        lambda cfg, prep: _files().ImageNetValDataset(
+            cfg.root, prep, labels_file=cfg.labels_file, boxes_dir=cfg.boxes_dir, class_index_file=cfg.class_index_file
+        ),
+    ),
+    "folder": DatasetSpec(
+        FolderConfig,
+        _folder_classes,
+        lambda cfg, prep: _files().FolderDataset(
+            cfg.root, prep, class_map=dict(cfg.class_map) if cfg.class_map else None, num_classes=cfg.num_classes
+        ),
+    ),
+    "imagenette": DatasetSpec(
+        ImagenetteConfig,
+        lambda cfg: 1000,
+        lambda cfg, prep: _files().ImagenetteDataset(
+            cfg.root, prep, split=cfg.split, size=cfg.size, download=cfg.download
+        ),
+    ),
+}

@@ -1,0 +1,37 @@
+"""The ``shapes`` dataset: a deterministic split of rendered scenes (see ``shapes.py``)."""
+
+from __future__ import annotations
+
+from torch.utils.data import Dataset
+
+from cambench.data.base import Sample, collate, normalise
+from cambench.data.shapes import SHAPE_CLASSES, render, sample_scenes, scene_generator
+
+TRAIN_SEED = 0
+TEST_SEED = 1
+SPLIT_SEEDS = {"train": TRAIN_SEED, "test": TEST_SEED}
+
+
+class ShapesDataset(Dataset):
+    """``num_images`` scenes of a split; sample ``i`` depends only on the split's seed and ``i``."""
+
+    classes = SHAPE_CLASSES
+    collate = staticmethod(collate)
+
+    def __init__(self, split: str = "test", num_images: int = 1000, image_size: int = 224, seed: int | None = None):
+        if split not in SPLIT_SEEDS:
+            raise ValueError(f"shapes split must be one of {sorted(SPLIT_SEEDS)}, got {split!r}")
+        self.split = split
+        self.seed = SPLIT_SEEDS[split] if seed is None else seed
+        self.num_images = num_images
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return self.num_images
+
+    def __getitem__(self, index: int) -> Sample:
+        if not 0 <= index < self.num_images:
+            raise IndexError(index)
+        scene = sample_scenes(1, scene_generator(self.seed, index))
+        image, mask = render(scene, self.image_size)
+        return Sample(normalise(image[0]), int(scene.label[0]), mask[0], f"shapes-{self.split}-{index:06d}")
