@@ -1,0 +1,20 @@
+"""Grad-CAM. Selvaraju et al., "Grad-CAM: Visual Explanations from Deep Networks via
+Gradient-based Localization", ICCV 2017, https://arxiv.org/abs/1610.02391.
+
+    w_k = mean_ij dy_c/dA_k(i, j),    L = ReLU(sum_k w_k A_k)
+
+Cost per image: one forward pass and one backward pass through the layers after the target layer.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from cambench.methods.base import CAMMethod, register
+
+
+@register("gradcam")
+class GradCAM(CAMMethod):
+    def cam(self, activations: Tensor, gradients: Tensor | None) -> Tensor:
+        weights = gradients.mean(dim=(2, 3), keepdim=True)
+        return (weights * activations).sum(1)
