@@ -1,0 +1,40 @@
+"""``python -m cambench`` / ``cambench``: compose ``conf/``, validate, run, print the summary."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from cambench.config import ConfigError, validate
+from cambench.data.files import DatasetError
+from cambench.models.build import ModelError
+from cambench.models.checkpoints import CheckpointError
+from cambench.models.layers import TargetLayerError
+from cambench.runner.run import run
+
+log = logging.getLogger("cambench")
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+USER_ERRORS = (ConfigError, ModelError, CheckpointError, TargetLayerError, DatasetError)
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def main(cfg: DictConfig) -> None:
+    try:
+        result = run(validate(cfg), Path(HydraConfig.get().runtime.output_dir))
+    except USER_ERRORS as err:
+        log.error("%s", err)
+        sys.exit(2)
+    print(
+        f"\n{cfg.method.name} on {cfg.model.name} / {cfg.dataset.name}: {len(result.rows)} images "
+        f"in {result.seconds:.1f} s\n{result.summary.to_string(index=False, float_format='%.4f')}\n"
+        f"per-image rows and summary: {result.out_dir}\nresults table: {cfg.runner.results_table}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""Files of a run: per-image rows (appended batch by batch, so a crash keeps what was done),
+the summary table, the config with library versions, and a row in the shared results table."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+PER_IMAGE = "per_image.csv"
+SUMMARY = "summary.csv"
+RUN_INFO = "run.json"
+
+
+def versions() -> dict[str, str]:
+    out = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for package in ("cambench", "torch", "torchvision", "hydra-core", "pandas"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            out[package] = "not installed"
+    out["cuda"] = torch.version.cuda or "none"
+    out["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
+    return out
+
+
+class RunWriter:
+    def __init__(self, out_dir: Path):
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.per_image = self.out_dir / PER_IMAGE
+        self.per_image.unlink(missing_ok=True)
+        self.rows_written = 0
+
+    def append(self, rows: list[dict]) -> None:
+        pd.DataFrame(rows).to_csv(self.per_image, mode="a", header=self.rows_written == 0, index=False)
+        self.rows_written += len(rows)
+
+    def rows(self) -> pd.DataFrame:
+        return pd.read_csv(self.per_image)
+
+    def finish(self, summary: pd.DataFrame, config: dict, timings: dict) -> None:
+        summary.to_csv(self.out_dir / SUMMARY, index=False)
+        info = {
+            "config": config,
+            "versions": versions(),
+            "timings": timings,
+            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        (self.out_dir / RUN_INFO).write_text(json.dumps(info, indent=2) + "\n")
+
+
+def append_to_table(table: Path, summary: pd.DataFrame, run: dict) -> None:
+    """Add one row (the run's identity, then mean and interval of every metric) to ``table``."""
+    row = dict(run)
+    for rec in summary.itertuples():
+        row[rec.metric] = rec.mean
+        row[f"{rec.metric}_ci95"] = f"[{rec.ci95_low:.4f}, {rec.ci95_high:.4f}]"
+    table = Path(table)
+    table.parent.mkdir(parents=True, exist_ok=True)
+    new = pd.DataFrame([row])
+    if table.exists():  # columns may differ between runs (other metrics): realign
+        new = pd.concat([pd.read_csv(table), new], ignore_index=True)
+    new.to_csv(table, index=False)
