@@ -70,14 +70,14 @@ class NotAStateDict:
 def test_pickled_code_is_refused(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save(NotAStateDict(), path)
-    with pytest.raises(CheckpointError, match="cannot load .* safely"):
+    with pytest.raises(CheckpointError, match=r"cannot load .* safely"):
         build_model("resnet18", str(path), 3, "folder")
     with pytest.raises(CheckpointError, match="does not exist"):
         build_model("resnet18", str(tmp_path / "missing.pt"), 3, "folder")
 
 
 def test_torchvision_weights_names_class_counts_and_offline_error(tmp_path, monkeypatch):
-    with pytest.raises(ModelError, match="valid: .*IMAGENET1K_V1, IMAGENET1K_V2"):
+    with pytest.raises(ModelError, match=r"valid: .*IMAGENET1K_V1, IMAGENET1K_V2"):
         build_model("resnet50", "IMAGENET1K_V9", 1000, "imagenet")
     with pytest.raises(ModelError, match="predicts 1000 classes but dataset shapes has 8"):
         build_model("resnet50", "DEFAULT", 8, "shapes")

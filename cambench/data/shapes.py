@@ -132,8 +132,8 @@ def _texture(label: int, x: Tensor, y: Tensor, noise: Tensor) -> Tensor:
         return 0.5 + 0.5 * torch.sin(2 * math.pi * 4 * r)
     if name == "ring":  # spokes
         return 0.5 + 0.5 * torch.sin(12 * torch.atan2(y, x))
-    if name == "flower":  # plain
-        return torch.ones_like(x)
+    if name == "flower":  # radial gradient, bright centre
+        return (1.2 - r).clamp(0, 1)
     if name == "crescent":  # grid lines
         grid = torch.maximum(torch.sin(2 * math.pi * 3 * x).abs(), torch.sin(2 * math.pi * 3 * y).abs())
         return (grid < 0.85).float()
@@ -175,7 +175,9 @@ def render(scenes: Scenes, size: int) -> tuple[Tensor, Tensor]:
         field[idx] = _outline(label, x[idx], y[idx])
         texture[idx] = _texture(label, x[idx], y[idx], noise[idx, 0])
     alpha = (0.5 - field * scenes.radius[:, None, None] / pixel).clamp(0, 1)
-    fill = scenes.colour[:, :, None, None] * (0.45 + 0.55 * texture[:, None])
+    # texture between a darker and a lighter shade of the colour: the same contrast for any colour
+    colour = scenes.colour[:, :, None, None]
+    fill = 0.6 * colour + 0.4 * texture[:, None]
     image = alpha[:, None] * fill + (1 - alpha[:, None]) * image
     return image.clamp(0, 1), alpha > 0.5
 
