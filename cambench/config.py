@@ -41,6 +41,7 @@ class RunnerConfig:
     num_images: int | None = None  # null: the whole dataset
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     autocast: str | None = None  # null | bf16 | fp16
+    channels_last: bool = True  # NHWC memory format: faster convolutions on CPUs and tensor cores
     target: str = "prediction"  # prediction | label
     seed: int = 0
     score_batch_size: int = 256  # forward batch of the metrics' perturbed copies

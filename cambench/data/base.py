@@ -34,9 +34,10 @@ class Batch:
     masks: Tensor | None
     ids: list[str]
 
-    def to(self, device: torch.device | str) -> Batch:
+    def to(self, device: torch.device | str, memory_format: torch.memory_format = torch.preserve_format) -> Batch:
         masks = None if self.masks is None else self.masks.to(device, non_blocking=True)
-        return Batch(self.images.to(device, non_blocking=True), self.labels.to(device), masks, self.ids)
+        images = self.images.to(device, non_blocking=True, memory_format=memory_format)
+        return Batch(images, self.labels.to(device), masks, self.ids)
 
 
 def collate(samples: list[Sample]) -> Batch:

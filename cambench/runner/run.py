@@ -60,7 +60,8 @@ def run(cfg: DictConfig, out_dir: Path) -> RunResult:
     loaded = build_model(
         cfg.model.name, cfg.model.weights, spec.num_classes(cfg.dataset), cfg.dataset.name, cfg.model.target_layer
     )
-    model = loaded.model.to(device)
+    memory_format = torch.channels_last if rc.channels_last else torch.preserve_format
+    model = loaded.model.to(device, memory_format=memory_format)
     method = build_method(
         cfg.method.name, model, resolve_target_layer(model, loaded.target_layer), autocast_dtype=autocast
     )
@@ -92,7 +93,7 @@ def run(cfg: DictConfig, out_dir: Path) -> RunResult:
     bar = tqdm(loader, desc=f"{cfg.method.name}/{cfg.model.name}", unit="batch", disable=not rc.progress)
     try:
         for batch in bar:
-            batch = batch.to(device)
+            batch = batch.to(device, memory_format)
             out = method(batch.images, batch.labels if rc.target == "label" else None)
             inputs = MetricInput(batch.images, out.maps, out.targets, batch.labels, batch.masks, scorer)
             scores = {name: v.cpu() for m in metrics for name, v in m.update(inputs).items()}
