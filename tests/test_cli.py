@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from cambench.config import ConfigError, validate
+from cambench.data.shapes_dataset import ShapesDataset
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 FAST = ["runner.num_images=4", "runner.batch_size=2", "metrics.deletion_insertion.steps=4", "runner.progress=false"]
@@ -117,3 +118,22 @@ def test_bad_configs_fail_with_the_valid_choices(override, message):
 def test_imagenet_needs_a_root():
     with pytest.raises(ConfigError, match=r"set dataset\.root"):
         validate(compose_cfg("dataset=imagenet"))
+
+
+def test_label_targets_and_bf16_autocast_in_process(tmp_path):
+    from cambench.runner.run import run
+
+    cfg = validate(
+        compose_cfg(
+            "model.weights=random",
+            "runner.target=label",
+            "runner.autocast=bf16",
+            "dataset.image_size=64",
+            f"runner.results_table={tmp_path / 'runs.csv'}",
+            *FAST,
+        )
+    )
+    result = run(cfg, tmp_path / "run")
+    assert (result.rows["target"] == result.rows["label"]).all()
+    assert result.rows["label"].tolist() == [ShapesDataset("test", 4, 64)[i].label for i in range(4)]
+    assert result.summary["metric"].tolist() == ["deletion", "insertion"]

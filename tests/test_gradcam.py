@@ -89,3 +89,13 @@ def test_gradcam_agrees_with_pytorch_grad_cam(arch, layer):
         theirs = peer(input_tensor=images, targets=[ClassifierOutputTarget(t) for t in targets])
     assert torch.from_numpy(theirs).max() > 0
     assert (ours.maps - torch.from_numpy(theirs)).abs().max() < 1e-4
+
+
+def test_bf16_autocast_maps_stay_close_to_fp32():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    images = torch.randn(2, 3, 64, 64)
+    fp32 = build_method("gradcam", model, model.layer4)(images)
+    bf16 = build_method("gradcam", model, model.layer4, autocast_dtype=torch.bfloat16)(images, fp32.targets)
+    assert bf16.maps.dtype == torch.float32 and bf16.logits.dtype == torch.float32
+    assert (bf16.maps - fp32.maps).abs().mean() < 0.05

@@ -75,9 +75,7 @@ def _torchvision_weights(arch: str, name: str) -> WeightsEnum:
 def _download(arch: str, weights: WeightsEnum) -> nn.Module:
     try:
         return torchvision.models.get_model(arch, weights=weights)
-    except (OSError, RuntimeError) as err:
-        if isinstance(err, RuntimeError) and "urlopen" not in str(err).lower() and "download" not in str(err).lower():
-            raise
+    except OSError as err:  # URLError when offline
         cache = Path(torch.hub.get_dir()) / "checkpoints"
         raise ModelError(
             f"could not download {weights} ({err}). Offline? Put the file {Path(weights.url).name} into {cache} "
@@ -91,8 +89,8 @@ def _reference(arch: str, num_classes: int) -> nn.Module:
         folder = checkpoints.cache_dir() / "checkpoints"
         log.warning(
             "No shipped shapes checkpoint for %s: training one now with the reference recipe (%s). This runs "
-            "once: the progress bar shows the time left (minutes on a GPU, up to an hour on a laptop CPU); "
-            "the result is cached in %s and reused by later runs.",
+            "once (minutes on a GPU, longer on a CPU: an estimate follows); the result is cached in %s and "
+            "reused by later runs.",
             arch,
             Recipe(),
             folder,

@@ -13,6 +13,7 @@ Held-out accuracy is measured on the ``test`` split, whose scenes come from a di
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict, dataclass
 
@@ -24,6 +25,8 @@ from tqdm import tqdm
 from cambench.data.base import normalise
 from cambench.data.shapes import SHAPE_CLASSES, Scenes, render, sample_scenes
 from cambench.data.shapes_dataset import TEST_SEED, TRAIN_SEED, ShapesDataset
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -61,10 +64,16 @@ def train(arch: str, recipe: Recipe = Recipe(), device: str = "cpu", progress: b
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=recipe.lr, total_steps=recipe.steps)
     generator = torch.Generator().manual_seed(recipe.seed)
     bar = tqdm(range(recipe.steps), desc=f"training {arch} on shapes", disable=not progress)
+    crop_steps = recipe.steps - recipe.full_image_steps
+    start = time.perf_counter()
     for step in bar:
+        if step == 2:  # after a warm-up step: announce the whole run's time (full images cost more)
+            per_step = (time.perf_counter() - start) / 2
+            total = per_step * (crop_steps + recipe.full_image_steps * (recipe.image_size / recipe.crop) ** 2)
+            log.warning("training %s on %s will take about %.0f minutes", arch, device, total / 60)
         scenes = sample_scenes(recipe.batch_size, generator)
         images = render(scenes, recipe.image_size)[0]
-        if step < recipe.steps - recipe.full_image_steps:
+        if step < crop_steps:
             images = object_crops(images, scenes, recipe.crop, generator)
         logits = model(normalise(images).to(device, memory_format=torch.channels_last))
         loss = nn.functional.cross_entropy(logits, scenes.label.to(device))
