@@ -28,6 +28,7 @@ SHAPE_CLASSES: tuple[str, ...] = (
     "hourglass",
 )
 MAX_DISTRACTORS = 3
+EXTENT = 1.3  # every outline lies within this many radii of its centre (hourglass corners: 1.26)
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ def sample_scenes(n: int, generator: torch.Generator, labels: Tensor | None = No
     if labels is None:
         labels = torch.randint(len(SHAPE_CLASSES), (n,), generator=generator)
     radius = u(n, lo=0.14, hi=0.26)
-    margin = radius * 1.1
+    margin = radius * EXTENT
     centre = margin[:, None] + u(n, 2) * (1 - 2 * margin[:, None])
     n_distractors = torch.randint(1, MAX_DISTRACTORS + 1, (n,), generator=generator)
     return Scenes(
@@ -179,7 +180,7 @@ def render(scenes: Scenes, size: int) -> tuple[Tensor, Tensor]:
     colour = scenes.colour[:, :, None, None]
     fill = 0.6 * colour + 0.4 * texture[:, None]
     image = alpha[:, None] * fill + (1 - alpha[:, None]) * image
-    return image.clamp(0, 1), alpha > 0.5
+    return image.clamp(0, 1), alpha > 0  # the mask: every pixel the object touches
 
 
 def scene_generator(seed: int, index: int) -> torch.Generator:
