@@ -63,7 +63,7 @@ def _shorten(names: list[str], limit: int = 10) -> str:
     return ", ".join(names[:limit]) + more
 
 
-def _class_folders(root: Path) -> list[str]:
+def class_folders(root: Path) -> list[str]:
     """Sorted names of the class folders in ``root``; hidden folders (``.ipynb_checkpoints``, ...) are skipped."""
     if not root.is_dir():
         raise DatasetError(f"dataset folder {root} does not exist")
@@ -118,7 +118,7 @@ class FolderDataset(_ImageFiles):
         num_classes: int | None = None,
     ):
         root = Path(root).expanduser()
-        folders = _class_folders(root)
+        folders = class_folders(root)
         if not folders:
             raise DatasetError(f"no class folders in {root}; expected {root}/<class name>/<image files>")
         if class_map is None:
@@ -225,7 +225,7 @@ class ImageNetValDataset(_ImageFiles):
 
     @staticmethod
     def _from_folders(root: Path, class_index_file: str | os.PathLike | None) -> list[tuple[Path, int, str]]:
-        folders = _class_folders(root)
+        folders = class_folders(root)
         if not folders:
             raise DatasetError(
                 f"no class folders in {root}; use root/<wnid>/<images>, or flat images with dataset.labels_file"

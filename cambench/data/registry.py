@@ -58,11 +58,12 @@ class DatasetSpec:
 
 
 def _folder_classes(cfg: FolderConfig) -> int:
+    """The class count FolderDataset will use, known before the model (and so the transform) exists."""
     if cfg.num_classes is not None:
         return cfg.num_classes
     if cfg.class_map:
-        return 1000
-    return sum(1 for p in Path(cfg.root).iterdir() if p.is_dir()) if Path(cfg.root).is_dir() else 0
+        return _files().IMAGENET_CLASSES
+    return len(_files().class_folders(Path(cfg.root).expanduser()))
 
 
 def _files():  # imported lazily: PIL and torchvision.datasets are not needed for shapes
