@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from cambench.models.checkpoints import SHIPPED_DIR, save_reference
-from cambench.models.training import Recipe, timed_train
+from cambench.models.training import Recipe, recipe_for, timed_train
 
 
 def main() -> int:
@@ -28,12 +28,14 @@ def main() -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--min-accuracy", type=float, default=0.95, help="refuse to save below this")
     for field in dataclasses.fields(Recipe):
-        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
+        parser.add_argument(
+            f"--{field.name.replace('_', '-')}", type=type(field.default), help=f"override the recipe's {field.name}"
+        )
     args = parser.parse_args()
-    recipe = Recipe(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Recipe)})
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Recipe) if getattr(args, f.name) is not None}
     failed = []
     for arch in args.archs:
-        model, card = timed_train(arch, recipe, args.device)
+        model, card = timed_train(arch, dataclasses.replace(recipe_for(arch), **overrides), args.device)
         print(f"{arch}: held-out accuracy {card['test_accuracy']:.4f} after {card['train_seconds']:.0f} s")
         if card["test_accuracy"] < args.min_accuracy:
             failed.append(arch)

@@ -1,5 +1,6 @@
 """Model building: target layers, weights resolution, safe checkpoints, reference cache."""
 
+import dataclasses
 import urllib.error
 
 import pytest
@@ -11,6 +12,7 @@ from cambench.models import build, checkpoints
 from cambench.models.build import ModelError, Preprocessing, build_model, check_target_layer
 from cambench.models.checkpoints import CheckpointError
 from cambench.models.layers import TargetLayerError
+from cambench.models.training import Recipe, recipe_for
 
 
 @pytest.mark.parametrize(
@@ -117,6 +119,12 @@ def test_shipped_references_are_listed_hashed_and_accurate(arch):
     assert path.parent == checkpoints.SHIPPED_DIR
     assert checkpoints.sha256(path) == record["sha256"]
     assert record["test_accuracy"] >= 0.95
+    assert record["recipe"] == dataclasses.asdict(recipe_for(arch))  # trained with today's recipe
+
+
+def test_mobilenet_v3_trains_longer():
+    assert (recipe_for("mobilenet_v3_large").steps, recipe_for("mobilenet_v3_large").full_image_steps) == (600, 90)
+    assert recipe_for("resnet50") == Recipe()
 
 
 def test_missing_reference_is_trained_once_then_cached(tmp_path, monkeypatch):

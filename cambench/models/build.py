@@ -22,7 +22,7 @@ from torchvision.models import WeightsEnum
 from cambench.data.base import IMAGENET_MEAN, IMAGENET_STD
 from cambench.models import checkpoints
 from cambench.models.layers import default_target_layer, resolve_target_layer
-from cambench.models.training import Recipe, timed_train
+from cambench.models.training import recipe_for, timed_train
 
 log = logging.getLogger(__name__)
 
@@ -87,15 +87,16 @@ def _reference(arch: str, num_classes: int) -> nn.Module:
     model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
     if checkpoints.find_reference(arch) is None:
         folder = checkpoints.cache_dir() / "checkpoints"
+        recipe = recipe_for(arch)
         log.warning(
             "No shipped shapes checkpoint for %s: training one now with the reference recipe (%s). This runs "
             "once (minutes on a GPU, longer on a CPU: an estimate follows); the result is cached in %s and "
             "reused by later runs.",
             arch,
-            Recipe(),
+            recipe,
             folder,
         )
-        trained, card = timed_train(arch, Recipe(), device="cuda" if torch.cuda.is_available() else "cpu")
+        trained, card = timed_train(arch, recipe, device="cuda" if torch.cuda.is_available() else "cpu")
         checkpoints.save_reference(arch, trained, card, folder)
         log.info("cached %s (held-out accuracy %.3f)", folder, card["test_accuracy"])
     record = checkpoints.load_reference(arch, model)
