@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
@@ -137,3 +138,12 @@ def test_label_targets_and_bf16_autocast_in_process(tmp_path):
     assert (result.rows["target"] == result.rows["label"]).all()
     assert result.rows["label"].tolist() == [ShapesDataset("test", 4, 64)[i].label for i in range(4)]
     assert result.summary["metric"].tolist() == ["deletion", "insertion"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_cuda_device_without_cuda_is_a_config_error():
+    from cambench.runner.run import resolve_device
+
+    with pytest.raises(ConfigError, match=r"CUDA is not available; use runner\.device=cpu or auto"):
+        resolve_device("cuda")
+    assert resolve_device("auto") == torch.device("cpu")

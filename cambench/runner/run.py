@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from cambench.config import ConfigError
 from cambench.data.base import collate
 from cambench.data.registry import DATASETS
 from cambench.methods import build_method
@@ -44,7 +45,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"runner.device={name} but CUDA is not available; use runner.device=cpu or auto")
+        raise ConfigError(f"runner.device={name} but CUDA is not available; use runner.device=cpu or auto")
     return torch.device(name)
 
 
