@@ -11,7 +11,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from cambench.config import ConfigError, validate
-from cambench.data.files import DatasetError
+from cambench.data.base import DatasetError
+from cambench.device import DeviceError
 from cambench.models.build import ModelError
 from cambench.models.checkpoints import CheckpointError
 from cambench.models.layers import TargetLayerError
@@ -19,7 +20,7 @@ from cambench.runner.run import run
 
 log = logging.getLogger("cambench")
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
-USER_ERRORS = (ConfigError, ModelError, CheckpointError, TargetLayerError, DatasetError)
+USER_ERRORS = (ConfigError, DatasetError, DeviceError, ModelError, CheckpointError, TargetLayerError)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")

@@ -14,6 +14,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cambench.data.registry import DATASETS
+from cambench.device import AUTOCAST_DTYPES
 from cambench.methods import METHODS
 from cambench.metrics import METRICS
 from cambench.models.build import available_models
@@ -52,7 +53,7 @@ class RunnerConfig:
 
 
 GROUP_SCHEMAS = {"model": ModelConfig, "method": MethodConfig, "runner": RunnerConfig}
-CHOICES = {"runner.target": ("prediction", "label"), "runner.autocast": (None, "bf16", "fp16")}
+CHOICES = {"runner.target": ("prediction", "label"), "runner.autocast": tuple(AUTOCAST_DTYPES)}
 
 
 def _merge(schema: type, node: DictConfig, where: str) -> DictConfig:

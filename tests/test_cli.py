@@ -142,8 +142,8 @@ def test_label_targets_and_bf16_autocast_in_process(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
 def test_cuda_device_without_cuda_is_a_config_error():
-    from cambench.runner.run import resolve_device
+    from cambench.device import DeviceError, resolve_device
 
-    with pytest.raises(ConfigError, match=r"CUDA is not available; use runner\.device=cpu or auto"):
+    with pytest.raises(DeviceError, match=r"CUDA is not available; use runner\.device=cpu or auto"):
         resolve_device("cuda")
     assert resolve_device("auto") == torch.device("cpu")

@@ -2,9 +2,10 @@
 
 import dataclasses
 
+import pytest
 import torch
 
-from cambench.data.base import IMAGENET_MEAN, IMAGENET_STD
+from cambench.data.base import IMAGENET_MEAN, IMAGENET_STD, DatasetError
 from cambench.data.shapes import EXTENT, SHAPE_CLASSES, mask_to_box, render, sample_scenes
 from cambench.data.shapes_dataset import ShapesDataset
 
@@ -61,3 +62,8 @@ def test_mask_to_box_is_tight():
     mask = torch.zeros(10, 12, dtype=torch.bool)
     mask[2:5, 3:9] = True
     assert mask_to_box(mask).tolist() == [3, 2, 8, 4]
+
+
+def test_unknown_split_is_a_dataset_error_with_the_choices():
+    with pytest.raises(DatasetError, match=r"unknown dataset\.split 'val'; valid choices: train, test"):
+        ShapesDataset("val")

@@ -17,6 +17,10 @@ def normalise(images: Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Tensor:
     return (images - torch.tensor(mean).view(shape)) / torch.tensor(std).view(shape)
 
 
+class DatasetError(ValueError):
+    """A dataset that cannot be used as configured; the message says which file or option and what to do."""
+
+
 @dataclass
 class Sample:
     """One dataset item: the model-ready image, its label, a ground-truth mask or None, an id."""

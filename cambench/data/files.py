@@ -21,7 +21,7 @@ from torchvision import tv_tensors
 from torchvision.datasets import Imagenette
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension, make_dataset
 
-from cambench.data.base import Sample, collate
+from cambench.data.base import DatasetError, Sample
 from cambench.data.transforms import build_transform
 from cambench.models.build import Preprocessing
 
@@ -41,10 +41,6 @@ IMAGENETTE_TO_IMAGENET = {
     "n03888257": 701,  # parachute
 }
 IMAGENETTE_FOLDERS = {"full": "imagenette2", "320px": "imagenette2-320", "160px": "imagenette2-160"}
-
-
-class DatasetError(ValueError):
-    """A dataset on disk that cannot be used as configured; the message says which file and what to do."""
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
@@ -83,7 +79,6 @@ class _ImageFiles(Dataset):
 
     num_classes: int
     has_masks = False
-    collate = staticmethod(collate)
 
     def __init__(self, items: list[tuple[Path, int, str]], preprocessing: Preprocessing):
         self.items = items

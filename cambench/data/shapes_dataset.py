@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch.utils.data import Dataset
 
-from cambench.data.base import Sample, collate, normalise
+from cambench.data.base import DatasetError, Sample, normalise
 from cambench.data.shapes import SHAPE_CLASSES, render, sample_scenes, scene_generator
 
 TRAIN_SEED = 0
@@ -16,11 +16,10 @@ class ShapesDataset(Dataset):
     """``num_images`` scenes of a split; sample ``i`` depends only on the split's seed and ``i``."""
 
     classes = SHAPE_CLASSES
-    collate = staticmethod(collate)
 
     def __init__(self, split: str = "test", num_images: int = 1000, image_size: int = 224, seed: int | None = None):
         if split not in SPLIT_SEEDS:
-            raise ValueError(f"shapes split must be one of {sorted(SPLIT_SEEDS)}, got {split!r}")
+            raise DatasetError(f"unknown dataset.split {split!r}; valid choices: {', '.join(SPLIT_SEEDS)}")
         self.split = split
         self.seed = SPLIT_SEEDS[split] if seed is None else seed
         self.num_images = num_images

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cambench.device import autocast
+
 METHODS: dict[str, type[CAMMethod]] = {}
 EPS = 1e-7
 
@@ -106,11 +108,7 @@ class CAMMethod:
         raise NotImplementedError
 
     def _forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        device_type = images.device.type
-        with (
-            capture(self.target_layer, self.needs_gradients) as hook,
-            torch.autocast(device_type, self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None),
-        ):
+        with capture(self.target_layer, self.needs_gradients) as hook, autocast(images.device, self.autocast_dtype):
             logits = self.model(images)
         if hook.activation is None:
             raise RuntimeError("the target layer was not called in the forward pass; choose another model.target_layer")

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from cambench.device import autocast
+
 METRICS: dict[str, type[Metric]] = {}
 
 
@@ -36,9 +38,7 @@ class Scorer:
     def __call__(self, images: Tensor, targets: Tensor) -> Tensor:
         out = []
         for x, t in zip(images.split(self.batch_size), targets.split(self.batch_size), strict=True):
-            with torch.autocast(
-                x.device.type, self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None
-            ):
+            with autocast(x.device, self.autocast_dtype):
                 logits = self.model(x)
             out.append(logits.float().softmax(1).gather(1, t[:, None])[:, 0])
         return torch.cat(out)

@@ -27,7 +27,7 @@ import torchvision
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from cambench.data.base import normalise
+from cambench.data.base import collate, normalise
 from cambench.data.shapes import EXTENT, SHAPE_CLASSES, Scenes, render, sample_scenes
 from cambench.data.shapes_dataset import TEST_SEED, TRAIN_SEED, ShapesDataset
 from cambench.models.layers import family
@@ -121,7 +121,7 @@ def recalibrate_batch_norm(model: nn.Module, recipe: Recipe, generator: torch.Ge
 def accuracy(model: nn.Module, n_images: int = 1000, device: str = "cpu", batch_size: int = 50) -> float:
     """Top-1 accuracy on the first ``n_images`` of the held-out ``test`` split."""
     data = ShapesDataset(split="test", num_images=n_images, image_size=224)
-    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, collate_fn=data.collate)
+    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, collate_fn=collate)
     correct = 0
     for batch in loader:
         correct += (model(batch.images.to(device)).argmax(1).cpu() == batch.labels).sum().item()

@@ -14,9 +14,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from cambench.config import ConfigError
 from cambench.data.base import collate
 from cambench.data.registry import DATASETS
+from cambench.device import AUTOCAST_DTYPES, resolve_device
 from cambench.methods import build_method
 from cambench.metrics import MetricInput, Scorer, build_metric
 from cambench.models.build import build_model
@@ -25,7 +25,6 @@ from cambench.results.summary import summarise
 from cambench.results.writer import RunWriter, append_to_table
 
 log = logging.getLogger(__name__)
-AUTOCAST = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -41,21 +40,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"runner.device={name} but CUDA is not available; use runner.device=cpu or auto")
-    return torch.device(name)
-
-
 def run(cfg: DictConfig, out_dir: Path) -> RunResult:
     """Run one (model, method, dataset, metrics) cell; ``cfg`` is a validated config."""
     start = time.perf_counter()
     rc = cfg.runner
     seed_everything(rc.seed)
     device = resolve_device(rc.device)
-    autocast = AUTOCAST[rc.autocast]
+    autocast = AUTOCAST_DTYPES[rc.autocast]
     spec = DATASETS[cfg.dataset.name]
 
     loaded = build_model(
