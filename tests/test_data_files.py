@@ -22,8 +22,8 @@ from cambench.data.files import (
     ImageNetValDataset,
     load_image,
 )
+from cambench.data.preprocessing import Preprocessing
 from cambench.data.transforms import build_transform
-from cambench.models.build import Preprocessing
 
 SMALL = Preprocessing(resize_size=32, crop_size=32)
 

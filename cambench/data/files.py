@@ -22,8 +22,8 @@ from torchvision.datasets import Imagenette
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension, make_dataset
 
 from cambench.data.base import DatasetError, Sample
+from cambench.data.preprocessing import Preprocessing
 from cambench.data.transforms import build_transform
-from cambench.models.build import Preprocessing
 
 IMAGENET_CLASSES = 1000
 WNID = re.compile(r"n\d{8}")
@@ -86,6 +86,10 @@ class _ImageFiles(Dataset):
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def labels(self) -> list[int]:
+        """Every item's label, without reading an image (for stratified subsets)."""
+        return [label for _, label, _ in self.items]
 
     def __getitem__(self, index: int) -> Sample:
         path, label, id_ = self.items[index]

@@ -13,7 +13,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as F
 
-from cambench.models.build import Preprocessing
+from cambench.data.preprocessing import Preprocessing
 
 
 class PairTransform:

@@ -19,9 +19,9 @@ import torchvision
 from torch import nn
 from torchvision.models import WeightsEnum
 
-from cambench.data.base import IMAGENET_MEAN, IMAGENET_STD
+from cambench.data.preprocessing import Preprocessing
 from cambench.models import checkpoints
-from cambench.models.layers import default_target_layer, resolve_target_layer
+from cambench.models.layers import check_feature_maps, default_target_layer, resolve_target_layer
 from cambench.models.training import recipe_for, timed_train
 
 log = logging.getLogger(__name__)
@@ -31,29 +31,13 @@ class ModelError(ValueError):
     pass
 
 
-@dataclass(frozen=True)
-class Preprocessing:
-    """What a dataset of image files must do to feed the model (torchvision's ImageClassification)."""
-
-    resize_size: int = 256
-    crop_size: int = 224
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-    interpolation: str = "bilinear"
-
-    @classmethod
-    def from_weights(cls, weights: WeightsEnum) -> Preprocessing:
-        t = weights.transforms()
-        return cls(t.resize_size[0], t.crop_size[0], tuple(t.mean), tuple(t.std), t.interpolation.value)
-
-
 @dataclass
 class LoadedModel:
     model: nn.Module
     preprocessing: Preprocessing
     num_classes: int
     weights: str  # what was loaded, for the results
-    target_layer: str  # dotted path of the validated target layer
+    target_layers: list[str]  # dotted paths of the validated target layers
 
 
 def available_models() -> list[str]:
@@ -104,23 +88,33 @@ def _reference(arch: str, num_classes: int) -> nn.Module:
     return model
 
 
-def check_target_layer(arch: str, num_classes: int, target_layer: str | None) -> str:
-    """Resolve the target layer on a weightless (meta-device) skeleton: fails before any download
-    or training."""
-    with torch.device("meta"):
-        skeleton = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
-    path = target_layer or default_target_layer(arch, skeleton)
-    resolve_target_layer(skeleton, path)
-    return path
+def skeleton(arch: str, num_classes: int) -> nn.Module:
+    """``arch`` without weights on the meta device (no memory, no init cost); on the CPU for the few
+    architectures whose initialisation cannot run on meta (RegNet)."""
+    try:
+        with torch.device("meta"):
+            return torchvision.models.get_model(arch, weights=None, num_classes=num_classes).eval()
+    except NotImplementedError:
+        return torchvision.models.get_model(arch, weights=None, num_classes=num_classes).eval()
+
+
+def check_target_layers(arch: str, num_classes: int, target_layers: list[str] | None) -> list[str]:
+    """Resolve and check the target layers on a weightless skeleton: fails before any download or training."""
+    model = skeleton(arch, num_classes)
+    paths = target_layers or [default_target_layer(arch, model)]
+    for path in paths:
+        resolve_target_layer(model, path)
+    check_feature_maps(model, paths)
+    return paths
 
 
 def build_model(
-    arch: str, weights: str, num_classes: int, dataset: str, target_layer: str | None = None
+    arch: str, weights: str, num_classes: int, dataset: str, target_layers: list[str] | None = None
 ) -> LoadedModel:
     """Build ``arch`` with ``weights`` for a dataset of ``num_classes`` classes."""
     if arch not in available_models():
         raise ModelError(f"unknown model {arch!r}; torchvision classification models: {', '.join(available_models())}")
-    layer = check_target_layer(arch, num_classes, target_layer)
+    layers = check_target_layers(arch, num_classes, target_layers)
     if weights == "auto":
         weights = "reference" if dataset == "shapes" else "DEFAULT"
     shapes_preprocessing = Preprocessing()  # shapes renders model-ready 224 px images itself
@@ -148,4 +142,4 @@ def build_model(
             )
         model, preprocessing = _download(arch, enum), Preprocessing.from_weights(enum)
         weights = str(enum)
-    return LoadedModel(model.eval().requires_grad_(False), preprocessing, num_classes, weights, layer)
+    return LoadedModel(model.eval().requires_grad_(False), preprocessing, num_classes, weights, layers)

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import difflib
+import logging
 
+import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
+PROBE_SIZES = (224, 160)  # two input sizes: spatial dims follow the input, the channel dim does not
 
 
 class TargetLayerError(ValueError):
@@ -51,3 +56,58 @@ def resolve_target_layer(model: nn.Module, path: str) -> nn.Module:
             f"model has no module {path!r}.{hint} Candidates: {', '.join(candidates(model))} "
             "(deeper modules by dotted path, e.g. layer4.1.conv2)"
         ) from None
+
+
+def check_feature_maps(model: nn.Module, paths: list[str]) -> None:
+    """Every target layer must output a (N, C, H, W) feature map with spatial extent.
+
+    Run on the weightless skeleton with two input sizes before any download: a layer whose
+    output is not 4-D (a Linear layer, a transformer block), channels-last (Swin's (N, H, W, C):
+    its dim 1 follows the input size) or 1 x 1 fails with the reason. A model the meta device
+    cannot run is checked on the first batch instead.
+    """
+    shapes: dict[str, list[tuple]] = {p: [] for p in paths}
+    handles = [
+        model.get_submodule(p).register_forward_hook(
+            lambda m, i, o, p=p: shapes[p].append(tuple(o.shape) if isinstance(o, torch.Tensor) else type(o).__name__)
+        )
+        for p in paths
+    ]
+    device = next(model.parameters()).device
+    ran = 0
+    try:
+        with torch.no_grad():
+            for size in PROBE_SIZES:
+                model(torch.zeros(1, 3, size, size, device=device))
+                ran += 1
+    except Exception as err:  # an op without a meta kernel, or a model of one input size
+        log.debug("meta-device shape check of %s stopped at %d sizes: %s", paths, ran, err)
+    finally:
+        for h in handles:
+            h.remove()
+    if ran == 0:
+        return  # the first batch checks the shape instead
+    for path, seen in shapes.items():
+        if not seen:
+            raise TargetLayerError(f"target layer {path} is not called in the model's forward pass; choose another")
+        problem = feature_map_problem(seen[0], seen[-1] if ran == len(PROBE_SIZES) else None)
+        if problem:
+            raise TargetLayerError(
+                f"target layer {path} outputs {problem}; CAM methods need a convolutional feature map (N, C, H, W). "
+                f"Choose a convolutional layer or block, e.g. one of: {', '.join(candidates(model)[-6:])}"
+            )
+
+
+def feature_map_problem(first: tuple | str, second: tuple | str | None = None) -> str | None:
+    """Why an output of shape ``first`` (and ``second`` at another input size) is no (N, C, H, W) map, or None."""
+    if isinstance(first, str):
+        return f"a {first}, not a tensor"
+    if len(first) != 4:
+        return f"shape {first} ({len(first)}-D)"
+    if second is None:
+        return None
+    if first[1] != second[1]:
+        return f"shape {first}, channels last (N, H, W, C): its dim 1 changes with the input size"
+    if first[2] * first[3] == 1 and second[2] * second[3] == 1:
+        return f"shape {first}: no spatial extent (1 x 1)"
+    return None
