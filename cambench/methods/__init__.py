@@ -1,6 +1,13 @@
-"""CAM methods, registered under their config names. Importing this package registers them all."""
+"""CAM methods, registered under their config names. Importing this package registers them all
+(every module of the package except ``base``)."""
 
-from cambench.methods import gradcam  # noqa: F401  (registers the method)
-from cambench.methods.base import METHODS, CAMMethod, CAMOutput, build_method, register
+import importlib
+import pkgutil
 
-__all__ = ["METHODS", "CAMMethod", "CAMOutput", "build_method", "register"]
+from cambench.methods.base import METHODS, CAMMethod, CAMOutput, MethodError, build_method, register
+
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name != "base":
+        importlib.import_module(f"{__name__}.{_module.name}")
+
+__all__ = ["METHODS", "CAMMethod", "CAMOutput", "MethodError", "build_method", "register"]

@@ -1,28 +1,42 @@
-"""Shared machinery of every CAM method: registry, hooks, batched capture, normalisation.
+"""Shared machinery of every CAM method: registry, the forward pass on the split model, gradients,
+normalisation and upsampling, declared cost.
 
-A method subclasses :class:`CAMMethod` and implements :meth:`CAMMethod.cam`, which turns the
-captured activations ``A`` (B, K, h, w) and, for gradient methods, the gradients
-``G = d y_c / d A`` into a raw (B, h, w) map. The base does the rest, once, in torch on the
-device: one forward pass with the target layer hooked, the target class (prediction or given),
-one backward pass that only runs through the layers after the target layer, ReLU, per-image
-min-max normalisation, bilinear upsampling to the input size and min-max again (the order
-pytorch-grad-cam uses, so maps agree with it).
+A method subclasses :class:`CAMMethod`, sets its class attributes (paper, cost formula, whether
+it needs gradients or takes several target layers) and implements :meth:`CAMMethod.raw_map`,
+which turns a :class:`Forward` (activations and gradients at the target layers, clean logits,
+targets, and the carries that let it run the layers after a target layer) into a raw (B, h, w)
+map. Hyper-parameters are keyword arguments of ``__init__``, typed and defaulted; the config
+validation reads them from the signature.
+
+The base runs the forward pass once. Gradient methods get ``d y_c / d A`` from a backward pass
+through the layers after the target layer only: the split runs everything before it without
+autograd, also when the caller is under ``torch.no_grad()`` or ``torch.inference_mode()``.
+``y_c`` is the logit of the target class (as the peers do) unless the method's paper scores
+softmax probabilities (``score = "probability"``). Maps then go through ReLU, per-image min-max
+normalisation, bilinear upsampling to the input size and min-max again (pytorch-grad-cam's
+order, so maps agree with it); a map already at input resolution (the baselines) is not
+resampled.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from cambench.device import autocast
+from cambench.models.engine import Engine, Passes
+from cambench.models.split import Carry, SplitModel
 
 METHODS: dict[str, type[CAMMethod]] = {}
-EPS = 1e-7
+
+
+class MethodError(ValueError):
+    """A method that cannot run as configured (its parameters, or the model it is given)."""
 
 
 def register(name: str) -> Callable[[type[CAMMethod]], type[CAMMethod]]:
@@ -41,16 +55,40 @@ def register(name: str) -> Callable[[type[CAMMethod]], type[CAMMethod]]:
 @dataclass
 class CAMOutput:
     maps: Tensor  # (B, H, W) in [0, 1], input resolution
-    logits: Tensor  # (B, num_classes), from the clean forward pass
+    raw: Tensor  # (B, h, w) the method's map at its own resolution, before ReLU and normalisation
+    logits: Tensor  # (B, num_classes) float32, from the clean forward pass
     targets: Tensor  # (B,) the explained classes
+    passes: Passes  # declared cost per image, as the split runs it
+
+    @property
+    def constant(self) -> Tensor:
+        """(B,) bool: the map is flat (all zeros after ReLU, for example), so any pixel ranking is arbitrary."""
+        flat = self.maps.flatten(1)
+        return flat.amax(1) == flat.amin(1)
+
+
+@dataclass
+class Forward:
+    """One forward pass at the target layers (and, for gradient methods, its backward pass)."""
+
+    images: Tensor
+    carries: list[Carry]  # per target layer: (A, *side), in the model's dtype
+    logits: Tensor  # (B, num_classes) float32
+    targets: Tensor  # (B,)
+    gradients: list[Tensor] | None  # per target layer, float32, d y_c / d A
+
+    @property
+    def activations(self) -> list[Tensor]:
+        """Per target layer, (B, K, h, w) float32."""
+        return [carry[0].detach().float() for carry in self.carries]
 
 
 def minmax(maps: Tensor) -> Tensor:
-    """Per-map min-max normalisation over the last two dims: (L - min) / (max - min + 1e-7)."""
+    """Per-map min-max normalisation over the last two dims to exactly [0, 1]; a flat map becomes zeros."""
     flat = maps.flatten(-2)
     lo = flat.amin(-1, keepdim=True)
-    flat = flat - lo
-    return (flat / (flat.amax(-1, keepdim=True) + EPS)).view_as(maps)
+    span = flat.amax(-1, keepdim=True) - lo
+    return torch.where(span > 0, (flat - lo) / span.clamp_min(torch.finfo(flat.dtype).tiny), 0.0).view_as(maps)
 
 
 def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
@@ -58,80 +96,110 @@ def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
-class _Capture:
-    """Holds the target layer's activation; the hook detaches it so no graph is built before it."""
-
-    def __init__(self, track_gradients: bool):
-        self.track_gradients = track_gradients
-        self.activation: Tensor | None = None
-
-    def __call__(self, module: nn.Module, inputs: tuple, output: Tensor) -> Tensor | None:
-        if not isinstance(output, Tensor):
-            raise TypeError(f"target layer {type(module).__name__} returns {type(output).__name__}, not a tensor")
-        if not self.track_gradients:
-            self.activation = output.detach()
-            return None
-        # The forward runs under no_grad up to here; from here on autograd records, starting at a
-        # fresh leaf, so the backward pass stops at the target layer. The clone keeps that leaf
-        # safe from in-place ops that follow (for example a residual ``out += identity``).
-        torch.set_grad_enabled(True)
-        self.activation = output.detach().requires_grad_(True)
-        return self.activation.clone()
+def finalise(raw: Tensor, size: tuple[int, int]) -> Tensor:
+    """ReLU, min-max, and (below input resolution) bilinear upsampling and min-max again."""
+    maps = minmax(torch.relu(raw.float()))
+    if tuple(maps.shape[-2:]) != tuple(size):
+        # normalised again: bilinear interpolation misses interior extremes (pytorch-grad-cam does the same)
+        maps = minmax(upsample(maps, size))
+    return maps
 
 
-@contextmanager
-def capture(layer: nn.Module, track_gradients: bool) -> Iterator[_Capture]:
-    """Hook ``layer`` for the duration of one forward pass. A module called several times in one
-    forward (a shared ReLU) keeps its last call."""
-    hook = _Capture(track_gradients)
-    handle = layer.register_forward_hook(hook)
-    try:
-        with torch.no_grad():  # the hook re-enables autograd after the target layer when needed
-            yield hook
-    finally:
-        handle.remove()
+def weighted_sum(weights: Tensor, activations: Tensor) -> Tensor:
+    """sum_k w_k A_k: (B, K) weights and (B, K, h, w) activations -> (B, h, w)."""
+    return torch.einsum("bk,bkhw->bhw", weights, activations)
 
 
 class CAMMethod:
-    """Base class. Subclasses set ``needs_gradients`` and implement :meth:`cam`."""
+    """Base class; see the module docstring."""
 
-    name: str = ""
-    needs_gradients: bool = True
+    name: ClassVar[str] = ""
+    paper: ClassVar[str] = ""  # short citation, for the method table
+    cost: ClassVar[str] = "1F"  # declared cost per image (K channels, hw positions, hyper-parameters)
+    needs_gradients: ClassVar[bool] = False
+    multi_layer: ClassVar[bool] = False  # accepts several target layers
+    score: ClassVar[str] = "logit"  # what y_c is: logit | probability
 
-    def __init__(self, model: nn.Module, target_layer: nn.Module, autocast_dtype: torch.dtype | None = None):
-        self.model = model.eval()
-        self.target_layer = target_layer
-        self.autocast_dtype = autocast_dtype
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._generator: torch.Generator | None = None
 
-    def cam(self, activations: Tensor, gradients: Tensor | None) -> Tensor:
-        """Raw (B, h, w) map from activations (B, K, h, w) and gradients of the same shape."""
+    def generator(self, device: torch.device) -> torch.Generator:
+        """The method's own generator, seeded with the run's seed once and advancing from batch to batch."""
+        if self._generator is None or self._generator.device != device:
+            self._generator = self.engine.generator(device)
+        return self._generator
+
+    @classmethod
+    def check(cls, **params: Any) -> None:
+        """Raise MethodError for hyper-parameter values the method cannot use (types are checked by the config)."""
+
+    @classmethod
+    def check_model(cls, split: SplitModel) -> None:
+        """Raise MethodError when the split model cannot give what the method needs (checked at start)."""
+        if len(split.layers) > 1 and not cls.multi_layer:
+            raise MethodError(
+                f"method {cls.name} takes one target layer, got {len(split.layers)} ({', '.join(split.layers)}); "
+                "set model.target_layer to one module path"
+            )
+
+    def passes(self, channels: int, positions: int) -> Passes:
+        """Declared passes per image for K = ``channels`` and hw = ``positions`` at the (last) target layer."""
+        return Passes(forward=1, backward=1 if self.needs_gradients else 0)
+
+    def raw_map(self, fw: Forward) -> Tensor:
+        """The (B, h, w) map, before ReLU and normalisation."""
         raise NotImplementedError
 
-    def _forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        with capture(self.target_layer, self.needs_gradients) as hook, autocast(images.device, self.autocast_dtype):
-            logits = self.model(images)
-        if hook.activation is None:
-            raise RuntimeError("the target layer was not called in the forward pass; choose another model.target_layer")
-        return logits, hook.activation
+    def target_score(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """y_c per image: the logit, or the softmax probability for methods whose paper uses it."""
+        scores = logits.softmax(1) if self.score == "probability" else logits
+        return scores.gather(1, targets[:, None])[:, 0]
 
-    def __call__(self, images: Tensor, targets: Tensor | None = None) -> CAMOutput:
-        logits, activations = self._forward(images)
+    def forward(self, images: Tensor, targets: Tensor | None = None, gradients: bool | None = None) -> Forward:
+        """The forward pass at the target layers; with gradients when asked (default: when the method needs them)."""
+        gradients = self.needs_gradients if gradients is None else gradients
+        with autocast(images.device, self.engine.autocast_dtype):
+            carries, logits = self.engine.split.forward(images, 0 if gradients else None)
         if targets is None:
             targets = logits.argmax(1)
-        gradients = None
-        if self.needs_gradients:
-            score = logits.gather(1, targets[:, None]).sum()
-            # Only d y_c / d A: no parameter gradients, no layers before the target layer.
-            (gradients,) = torch.autograd.grad(score, activations)
-            gradients = gradients.float()
-        raw = self.cam(activations.detach().float(), gradients)
-        # Normalised again after resizing: bilinear interpolation misses interior extremes, and
-        # maps must span exactly [0, 1] at input size (pytorch-grad-cam does the same).
-        maps = minmax(upsample(minmax(torch.relu(raw)), images.shape[-2:]))
-        return CAMOutput(maps=maps, logits=logits.detach().float(), targets=targets)
+        grads = None
+        if gradients:
+            score = self.target_score(logits.float(), targets).sum()
+            # only d y_c / d A: no parameter gradients, no layers before the first target layer
+            grads = [g.float() for g in torch.autograd.grad(score, [carry[0] for carry in carries])]
+        return Forward(images, carries, logits.detach().float(), targets, grads)
+
+    def explain(self, images: Tensor, targets: Tensor | None = None) -> CAMOutput:
+        """Maps of ``images`` for ``targets`` (default: the predicted classes)."""
+        with torch.inference_mode(False), torch.enable_grad():
+            fw = self.forward(images, targets)
+            raw = self.raw_map(fw).detach().float()
+        channels, height, width = fw.carries[-1][0].shape[1:]
+        passes = self.engine.actual_passes(self.passes(channels, height * width))
+        return CAMOutput(finalise(raw, images.shape[-2:]), raw, fw.logits, fw.targets, passes)
+
+    __call__ = explain
 
 
-def build_method(name: str, model: nn.Module, target_layer: nn.Module, **kwargs) -> CAMMethod:
+class GradientMethod(CAMMethod):
+    """A method computed from activations and gradients at one target layer."""
+
+    needs_gradients = True
+    cost = "1F + 1B"
+
+    def raw_map(self, fw: Forward) -> Tensor:
+        return self.cam(fw.activations[-1], fw.gradients[-1])
+
+    def cam(self, activations: Tensor, gradients: Tensor) -> Tensor:
+        """Raw (B, h, w) map from activations and gradients (B, K, h, w)."""
+        raise NotImplementedError
+
+
+def build_method(name: str, engine: Engine, **params: Any) -> CAMMethod:
     if name not in METHODS:
         raise KeyError(f"unknown method {name!r}; valid choices: {', '.join(sorted(METHODS))}")
-    return METHODS[name](model, target_layer, **kwargs)
+    cls = METHODS[name]
+    cls.check(**params)
+    cls.check_model(engine.split)
+    return cls(engine, **params)

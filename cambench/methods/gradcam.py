@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from cambench.methods.base import CAMMethod, register
+from cambench.methods.base import GradientMethod, register, weighted_sum
 
 
 @register("gradcam")
-class GradCAM(CAMMethod):
-    def cam(self, activations: Tensor, gradients: Tensor | None) -> Tensor:
-        weights = gradients.mean(dim=(2, 3), keepdim=True)
-        return (weights * activations).sum(1)
+class GradCAM(GradientMethod):
+    paper = "Selvaraju et al., ICCV 2017"
+
+    def cam(self, activations: Tensor, gradients: Tensor) -> Tensor:
+        return weighted_sum(gradients.mean(dim=(2, 3)), activations)

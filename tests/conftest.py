@@ -1,0 +1,38 @@
+"""Shared helpers of the test suite."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+import torch
+from torch import nn
+
+from cambench.data.preprocessing import Preprocessing
+from cambench.methods import CAMMethod, build_method
+from cambench.models.engine import Engine
+from cambench.models.scorer import Scorer
+from cambench.models.split import split_model
+
+
+def make_engine(
+    model: nn.Module,
+    layers: str | Sequence[str],
+    batch_size: int | None = None,
+    preprocessing: Preprocessing | None = None,
+    seed: int = 0,
+) -> Engine:
+    """The engine a run would build for ``model`` split at ``layers`` (fp32, given or probed chunks)."""
+    split = split_model(model.eval(), [layers] if isinstance(layers, str) else list(layers))
+    return Engine(split, Scorer(split, batch_size), preprocessing or Preprocessing(), seed=seed)
+
+
+def make_method(name: str, model: nn.Module, layers: str | Sequence[str], **params) -> CAMMethod:
+    """Method ``name`` on ``model`` at ``layers``; ``batch_size`` and ``seed`` go to the engine."""
+    engine_args = {k: params.pop(k) for k in ("batch_size", "seed", "preprocessing") if k in params}
+    return build_method(name, make_engine(model, layers, **engine_args), **params)
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
