@@ -1,12 +1,27 @@
-"""Deletion / insertion: exact values on a stub model whose target probability is known in closed form."""
+"""Deletion / insertion: exact values on a stub model whose target probability is known in closed
+form, RISE's blur kernel against scipy called as the official code calls it, exact step counts,
+seeded tie-breaks, and chunking that cannot change a value."""
 
+import numpy as np
 import pytest
 import torch
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import correlate, gaussian_filter
 from torch import nn
 
-from cambench.metrics import MetricInput, Scorer, build_metric
-from cambench.metrics.deletion_insertion import auc, deletion_insertion, gaussian_blur, perturbation_curve, pixel_ranks
+from cambench.data.preprocessing import Preprocessing
+from cambench.metrics import MetricContext, MetricError, MetricInput, build_metric
+from cambench.metrics.deletion_insertion import (
+    auc,
+    deletion_insertion,
+    gaussian_blur,
+    perturbation_curve,
+    pixel_ranks,
+    rise_kernel,
+    step_counts,
+)
+from cambench.models.engine import Engine, Passes
+from cambench.models.scorer import Scorer
+from cambench.models.split import split_model
 
 
 class MeanPixel(nn.Module):
@@ -21,17 +36,33 @@ IMAGE = torch.tensor([[[[0.4, 0.3], [0.2, 0.1]]]])  # p(1) = 0.25
 SALIENCY = torch.tensor([[[4.0, 3.0], [2.0, 1.0]]])  # ranks pixels in value order
 
 
-def scorer(batch_size=256):
-    return Scorer(MeanPixel(), batch_size)
+def scorer(batch_size=None):
+    return Scorer(split_model(MeanPixel(), []), batch_size)
 
 
-def test_pixel_ranks_descending_with_stable_ties():
-    ranks = pixel_ranks(torch.tensor([[[1.0, 3.0], [3.0, 0.0]]]))
-    assert ranks.tolist() == [[2, 0, 1, 3]]
+def ranks(saliency=SALIENCY, seed=0):
+    return pixel_ranks(saliency, torch.Generator().manual_seed(seed))
+
+
+def test_ties_are_broken_in_a_seeded_random_order_and_distinct_values_keep_theirs():
+    saliency = torch.zeros(1, 16, 16)
+    saliency[0, 8:, :] = 1.0  # the bottom half first, then the top half, each in random order
+    r = ranks(saliency, seed=0)[0].view(16, 16)
+    assert r[8:].max() < 128 <= r[:8].min()
+    assert torch.equal(r, ranks(saliency, seed=0)[0].view(16, 16))
+    assert not torch.equal(r, ranks(saliency, seed=1)[0].view(16, 16))
+    raster = torch.arange(128).view(8, 16)
+    assert not torch.equal(r[8:], raster), "ties must not fall back to raster order"
+
+
+def test_step_counts_round_to_the_exact_fraction():
+    assert step_counts(4, 3).tolist() == [0, 1, 3, 4]  # 4/3 -> 1, 8/3 -> 3
+    assert step_counts(50176, 224).tolist()[:3] == [0, 224, 448]
+    assert step_counts(10, 4).tolist() == [0, 3, 5, 8, 10]  # 2.5 and 7.5 round up
 
 
 def test_deletion_curve_and_auc_exact():
-    curve = perturbation_curve(scorer(), IMAGE, torch.zeros_like(IMAGE), SALIENCY, torch.tensor([1]), steps=4)
+    curve = perturbation_curve(scorer(), IMAGE, torch.zeros_like(IMAGE), ranks(), torch.tensor([1]), steps=4)
     # mean after removing the top 0..4 pixels: 1.0/4, 0.6/4, 0.3/4, 0.1/4, 0
     torch.testing.assert_close(curve, torch.tensor([[0.25, 0.15, 0.075, 0.025, 0.0]]))
     # trapezoid on [0, 1]: (0.5 - 0.25/2 - 0/2) / 4
@@ -39,59 +70,87 @@ def test_deletion_curve_and_auc_exact():
 
 
 def test_insertion_like_curve_from_zeros_exact():
-    curve = perturbation_curve(scorer(), torch.zeros_like(IMAGE), IMAGE, SALIENCY, torch.tensor([1]), steps=4)
+    curve = perturbation_curve(scorer(), torch.zeros_like(IMAGE), IMAGE, ranks(), torch.tensor([1]), steps=4)
     torch.testing.assert_close(curve, torch.tensor([[0.0, 0.1, 0.175, 0.225, 0.25]]))
     torch.testing.assert_close(auc(curve), torch.tensor([0.15625]))
 
 
-def test_steps_not_dividing_the_pixel_count_clip_at_the_end():
-    # 4 pixels, 3 steps: ceil(4 / 3) = 2 pixels a step -> 0, 2, 4, 4 pixels removed
-    curve = perturbation_curve(scorer(), IMAGE, torch.zeros_like(IMAGE), SALIENCY, torch.tensor([1]), steps=3)
-    torch.testing.assert_close(curve, torch.tensor([[0.25, 0.075, 0.0, 0.0]]))
+def test_steps_not_dividing_the_pixel_count_move_the_rounded_share():
+    # 4 pixels, 3 steps: round(4 i / 3) = 0, 1, 3, 4 pixels removed
+    curve = perturbation_curve(scorer(), IMAGE, torch.zeros_like(IMAGE), ranks(), torch.tensor([1]), steps=3)
+    torch.testing.assert_close(curve, torch.tensor([[0.25, 0.15, 0.025, 0.0]]))
 
 
-def test_targets_are_per_image_and_forward_chunking_does_not_change_values():
+@pytest.mark.parametrize("batch_size", [1, 3, None])
+def test_targets_are_per_image_and_chunking_does_not_change_values(batch_size):
     images = torch.cat([IMAGE, 1 - IMAGE])  # second image: p(1) = 0.75, explained for class 0
     saliency = torch.cat([SALIENCY, -SALIENCY])  # second: remove the low-valued pixels first
     targets = torch.tensor([1, 0])
-    full = deletion_insertion(scorer(), images, saliency, targets, steps=4, blur_kernel=1)
-    chunked = deletion_insertion(scorer(batch_size=3), images, saliency, targets, steps=4, blur_kernel=1)
-    torch.testing.assert_close(full["deletion"], chunked["deletion"])
+    out = deletion_insertion(scorer(batch_size), images, saliency, targets, steps=4, blur_kernel=1)
     # image 2 = 1 - image 1 = 0.6 0.7 0.8 0.9; -saliency removes the last pixel (0.9) first.
     # p(0) = 1 - mean: 0.25, 0.475, 0.675, 0.85, 1.0 -> (3.25 - 0.125 - 0.5) / 4
-    torch.testing.assert_close(full["deletion"], torch.tensor([0.09375, 0.65625]))
+    torch.testing.assert_close(out["deletion"], torch.tensor([0.09375, 0.65625]))
     # a 1-pixel blur is the identity: insertion's curve is flat at the clean probability
-    torch.testing.assert_close(full["insertion"], torch.tensor([0.25, 0.25]))
+    torch.testing.assert_close(out["insertion"], torch.tensor([0.25, 0.25]))
 
 
-def test_gaussian_blur_matches_scipy_with_zero_padding():
-    torch.manual_seed(0)
+def test_rise_kernel_is_scipys_gaussian_filter_of_a_delta_as_the_official_code_calls_it():
+    for size, sigma in [(11, 5.0), (51, 50.0), (7, 1.5)]:
+        delta = np.zeros((size, size))
+        delta[size // 2, size // 2] = 1
+        official = gaussian_filter(delta, sigma)  # eclique/RISE: gkern(klen, nsig)
+        np.testing.assert_allclose(rise_kernel(size, sigma).numpy(), official, rtol=0, atol=1e-15)
+    assert abs(rise_kernel(11, 5.0)[5, 5].item() - 0.0088326) < 1e-6  # flatter than a sampled Gaussian (0.0120)
+
+
+def test_gaussian_blur_is_a_zero_padded_correlation_with_the_rise_kernel():
     images = torch.rand(2, 3, 20, 24, dtype=torch.float64)
-    ours = gaussian_blur(images, kernel_size=11, sigma=5.0)
-    # RISE's substrate: kernel 11 = truncate at 1 sigma of 5, zero ("constant") padding
-    theirs = gaussian_filter(images.numpy(), sigma=(0, 0, 5.0, 5.0), truncate=1.0, mode="constant")
-    torch.testing.assert_close(ours, torch.from_numpy(theirs))
+    kernel = rise_kernel(11, 5.0).numpy()
+    expected = np.stack(
+        [np.stack([correlate(ch, kernel, mode="constant") for ch in image]) for image in images.numpy()]
+    )
+    torch.testing.assert_close(gaussian_blur(images, 11, 5.0), torch.from_numpy(expected))
 
 
 def test_insertion_starts_from_the_blurred_image():
     images = torch.ones(1, 1, 12, 12)
-    saliency = torch.arange(144.0).view(1, 12, 12)
+    saliency = torch.arange(144.0).flip(0).view(1, 12, 12)  # top rows first, no ties
     value = deletion_insertion(scorer(), images, saliency, torch.tensor([1]), steps=2, blur_kernel=11, blur_sigma=5.0)
-    blurred_mean = gaussian_blur(images, 11, 5.0).mean()
-    # curve points: blurred (zero-padded border darkens it), half replaced by ones, all ones
-    first_half = gaussian_blur(images, 11, 5.0)[0, 0].flatten()[:72].mean()  # rows 0-5 stay blurred
-    expected = (blurred_mean + 1) / 4 + (first_half + 1) / 4
+    blurred = gaussian_blur(images, 11, 5.0)[0, 0]
+    # points: all blurred (the zero-padded border darkens it), top half replaced by ones, all ones
+    half = torch.cat([torch.ones(72), blurred.flatten()[72:]]).mean()
+    expected = (blurred.mean() / 2 + half + 1 / 2) / 2
     torch.testing.assert_close(value["insertion"], expected.view(1))
 
 
-def test_metric_class_accumulates_means_and_validates_steps():
-    metric = build_metric("deletion_insertion", steps=4, blur_kernel=1)
-    batch = MetricInput(IMAGE, SALIENCY, torch.tensor([1]), torch.tensor([1]), None, scorer())
-    metric.update(batch)
-    metric.update(MetricInput(IMAGE, -SALIENCY, torch.tensor([1]), torch.tensor([1]), None, scorer()))
+def context(batch_size=None):
+    split = split_model(MeanPixel(), [])
+    return MetricContext(Engine(split, Scorer(split, batch_size), Preprocessing()), method=None)
+
+
+def batch(saliency):
+    from cambench.methods import CAMOutput
+
+    out = CAMOutput(saliency, saliency, torch.zeros(1, 2), torch.tensor([1]), Passes(forward=1))
+    return MetricInput(IMAGE, torch.tensor([1]), None, ["a"], out)
+
+
+def test_metric_class_accumulates_means_and_validates_parameters():
+    metric = build_metric("deletion_insertion", context(), steps=4, blur_kernel=1)
+    metric.update(batch(SALIENCY))
+    metric.update(batch(-SALIENCY))
     # reversed ranking: removes 0.1, 0.2, 0.3, 0.4 -> 0.25, 0.225, 0.175, 0.1, 0 -> AUC 0.15625
     torch.testing.assert_close(metric.compute()["deletion"], torch.tensor((0.09375 + 0.15625) / 2))
-    with pytest.raises(ValueError, match="steps must be >= 1"):
-        build_metric("deletion_insertion", steps=0)
+    with pytest.raises(MetricError, match="steps must be >= 1"):
+        build_metric("deletion_insertion", context(), steps=0)
+    with pytest.raises(MetricError, match="odd blur_kernel"):
+        build_metric("deletion_insertion", context(), blur_kernel=10)
     with pytest.raises(KeyError, match="valid choices"):
-        build_metric("nosuch")
+        build_metric("nosuch", context())
+
+
+def test_the_metrics_random_tie_breaks_are_seeded_by_the_run():
+    flat = torch.zeros(1, 2, 2)  # all ties: the order is the generator's
+    first = build_metric("deletion_insertion", context(), steps=4, blur_kernel=1).update(batch(flat))
+    again = build_metric("deletion_insertion", context(), steps=4, blur_kernel=1).update(batch(flat))
+    torch.testing.assert_close(first["deletion"], again["deletion"])

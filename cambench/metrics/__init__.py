@@ -1,6 +1,31 @@
-"""Metrics, registered under their config names. Importing this package registers them all."""
+"""Metrics, registered under their config names. Importing this package registers them all
+(every module of the package except ``base``)."""
 
-from cambench.metrics import deletion_insertion  # noqa: F401  (registers the metric)
-from cambench.metrics.base import METRICS, Metric, MetricInput, Scorer, build_metric, register
+import importlib
+import pkgutil
 
-__all__ = ["METRICS", "Metric", "MetricInput", "Scorer", "build_metric", "register"]
+from cambench.metrics.base import (
+    METRICS,
+    Metric,
+    MetricContext,
+    MetricError,
+    MetricInput,
+    build_metric,
+    missing_capabilities,
+    register,
+)
+
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name != "base":
+        importlib.import_module(f"{__name__}.{_module.name}")
+
+__all__ = [
+    "METRICS",
+    "Metric",
+    "MetricContext",
+    "MetricError",
+    "MetricInput",
+    "build_metric",
+    "missing_capabilities",
+    "register",
+]

@@ -1,16 +1,37 @@
-"""Shared pieces of the metrics: the model scorer, the per-batch input, the accumulating base."""
+"""Shared pieces of the metrics: the run context, the per-batch input, the accumulating base.
+
+A metric is a functional core (batched tensors in, one score per image out, on the device)
+wrapped by a small class that accumulates per-image values (the torchmetrics habit). The class
+is built once per run with a :class:`MetricContext`: the model split at its target layers, the
+method itself (a metric may recompute maps), the scorer, the preprocessing (pixel space <->
+model input) and the run's seed. A metric declares what it needs in ``requires`` (for example
+``"masks"``: ground-truth masks from the dataset); the run fails at start when the dataset or
+the method cannot give it.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from cambench.device import autocast
+from cambench.data.preprocessing import Preprocessing
+from cambench.methods.base import CAMMethod, CAMOutput
+from cambench.models.engine import Engine
+from cambench.models.scorer import Scorer
 
 METRICS: dict[str, type[Metric]] = {}
+CAPABILITIES = {
+    "masks": "ground-truth masks (dataset=shapes, or dataset=imagenet with dataset.boxes_dir)",
+    "gradients": "a gradient-based method",
+}
+
+
+class MetricError(ValueError):
+    """A metric that cannot run as configured (its parameters, or what the run can give it)."""
 
 
 def register(name: str) -> Callable[[type[Metric]], type[Metric]]:
@@ -18,55 +39,74 @@ def register(name: str) -> Callable[[type[Metric]], type[Metric]]:
         if name in METRICS:
             raise ValueError(f"metric {name!r} is registered twice")
         METRICS[name] = cls
+        cls.name = name
         return cls
 
     return add
 
 
-class Scorer:
-    """Softmax probability of given classes under the model, in forward batches of ``batch_size``.
+@dataclass
+class MetricContext:
+    """Everything a metric may use besides the batch; built once per run."""
 
-    ``scorer(images, targets)`` returns p(targets[n] | images[n]) for every n, (N,) float32.
-    """
+    engine: Engine
+    method: CAMMethod
 
-    def __init__(self, model: nn.Module, batch_size: int = 256, autocast_dtype: torch.dtype | None = None):
-        self.model = model
-        self.batch_size = batch_size
-        self.autocast_dtype = autocast_dtype
+    @property
+    def model(self) -> nn.Module:
+        return self.engine.model
 
-    @torch.inference_mode()
-    def __call__(self, images: Tensor, targets: Tensor) -> Tensor:
-        out = []
-        for x, t in zip(images.split(self.batch_size), targets.split(self.batch_size), strict=True):
-            with autocast(x.device, self.autocast_dtype):
-                logits = self.model(x)
-            out.append(logits.float().softmax(1).gather(1, t[:, None])[:, 0])
-        return torch.cat(out)
+    @property
+    def scorer(self) -> Scorer:
+        return self.engine.scorer
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.engine.preprocessing
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        """A generator seeded with the run's seed: each metric takes its own, so adding a metric
+        does not change another's random draws."""
+        return self.engine.generator(device)
 
 
 @dataclass
 class MetricInput:
-    """Everything a metric may need about one batch, all on the device."""
+    """One batch, all on the device: the data and the method's output for it."""
 
     images: Tensor  # (B, C, H, W), model input
-    maps: Tensor  # (B, H, W) saliency in [0, 1]
-    targets: Tensor  # (B,) explained classes
     labels: Tensor  # (B,)
     masks: Tensor | None  # (B, H, W) bool ground truth
-    scorer: Scorer
+    ids: list[str]
+    cam: CAMOutput  # maps (B, H, W) in [0, 1], raw maps, clean logits, targets
+
+    @property
+    def maps(self) -> Tensor:
+        return self.cam.maps
+
+    @property
+    def targets(self) -> Tensor:
+        return self.cam.targets
 
 
 class Metric:
-    """Accumulating wrapper around a functional core (the torchmetrics habit).
+    """Accumulating wrapper around a functional core.
 
-    ``update`` scores one batch and returns per-image values (B,) under each name in
-    ``names``; ``compute`` returns the running mean of each.
+    ``update`` scores one batch and returns per-image values (B,) under each name in ``names``;
+    ``compute`` returns the running mean of each.
     """
 
-    names: tuple[str, ...] = ()
+    name: ClassVar[str] = ""
+    names: ClassVar[tuple[str, ...]] = ()
+    requires: ClassVar[frozenset[str]] = frozenset()  # keys of CAPABILITIES
 
-    def __init__(self) -> None:
+    def __init__(self, ctx: MetricContext):
+        self.ctx = ctx
         self._values: dict[str, list[Tensor]] = {name: [] for name in self.names}
+
+    @classmethod
+    def check(cls, **params: Any) -> None:
+        """Raise MetricError for parameter values the metric cannot use (types are checked by the config)."""
 
     def score(self, batch: MetricInput) -> dict[str, Tensor]:
         raise NotImplementedError
@@ -78,10 +118,16 @@ class Metric:
         return values
 
     def compute(self) -> dict[str, Tensor]:
-        return {name: torch.cat(v).mean() for name, v in self._values.items() if v}
+        return {name: torch.cat(v).nanmean() for name, v in self._values.items() if v}
 
 
-def build_metric(name: str, **params) -> Metric:
+def missing_capabilities(metric: type[Metric], capabilities: set[str]) -> list[str]:
+    """What ``metric`` requires that the run cannot give, as readable descriptions."""
+    return [CAPABILITIES[need] for need in sorted(metric.requires - capabilities)]
+
+
+def build_metric(name: str, ctx: MetricContext, **params: Any) -> Metric:
     if name not in METRICS:
         raise KeyError(f"unknown metric {name!r}; valid choices: {', '.join(sorted(METRICS))}")
-    return METRICS[name](**params)
+    METRICS[name].check(**params)
+    return METRICS[name](ctx, **params)

@@ -2,66 +2,83 @@
 Explanation of Black-box Models", BMVC 2018, https://arxiv.org/abs/1806.07421 (protocol of
 the official code, eclique/RISE).
 
-Pixels are ranked by descending saliency. At step i = 0..n the top min(i * ceil(HW / n), HW)
-pixels are taken from ``finish`` and the rest from ``start``; the curve is the softmax
-probability of the target class, and the score its trapezoid area on [0, 1]:
+Pixels are ranked by descending saliency, ties in a seeded random order (Grad-CAM maps are
+often half exact zeros, and raster order would favour the top rows). At step i = 0..n the top
+round(i * HW / n) pixels are taken from ``finish`` and the rest from ``start``, so point i lies
+exactly at x = i / n; the curve is the softmax probability of the target class and the score
+its trapezoid area on [0, 1]:
 
     AUC = (sum_i p_i - p_0 / 2 - p_n / 2) / n
 
 Deletion: start = image, finish = zeros (the mean colour in normalised space); lower is better.
-Insertion: start = blur(image) (Gaussian, kernel 11, sigma 5, zero padding), finish = image;
-higher is better. Ties in saliency keep pixel order (stable sort). All (n + 1) perturbed copies
-of a batch are scored on the device in forward batches of the scorer's size.
+Insertion: start = blur(image), finish = image; higher is better. The blur is RISE's: its
+kernel is ``scipy.ndimage.gaussian_filter`` of an 11 x 11 delta with sigma 5 (reflected,
+truncated at 4 sigma), applied per channel with zero padding. The (n + 1) perturbed copies of
+every image are built chunk by chunk and scored by the run's scorer.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cambench.metrics.base import Metric, MetricInput, Scorer, register
+from cambench.metrics.base import Metric, MetricContext, MetricError, MetricInput, register
+from cambench.models.scorer import Scorer, expand_rows, owners
+
+
+def rise_kernel(size: int = 11, sigma: float = 5.0, truncate: float = 4.0) -> Tensor:
+    """RISE's ``gkern(size, sigma)``: scipy's gaussian_filter (mode ``reflect``) of a size x size delta."""
+    radius = int(truncate * sigma + 0.5)
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    weights = torch.exp(-(offsets**2) / (2 * sigma**2))
+    weights /= weights.sum()
+    source = torch.arange(size)[:, None] + offsets.long()[None, :]  # index each weight reads, per output
+    source %= 2 * size  # scipy's "reflect": d c b a | a b c d | d c b a
+    source = torch.where(source >= size, 2 * size - 1 - source, source)
+    k = (weights * (source == size // 2)).sum(1)
+    return k[:, None] * k[None, :]
 
 
 def gaussian_blur(images: Tensor, kernel_size: int = 11, sigma: float = 5.0) -> Tensor:
-    """Per-channel Gaussian blur with zero padding, as RISE's substrate function."""
-    x = torch.arange(kernel_size, dtype=images.dtype, device=images.device) - kernel_size // 2
-    g = torch.exp(-(x**2) / (2 * sigma**2))
-    g = g / g.sum()
+    """Per-channel blur with RISE's kernel and zero padding, as its substrate function."""
     channels = images.shape[1]
-    kernel = (g[:, None] * g[None, :]).expand(channels, 1, kernel_size, kernel_size)
-    return F.conv2d(images, kernel, padding=kernel_size // 2, groups=channels)
+    kernel = rise_kernel(kernel_size, sigma).to(images.dtype).to(images.device)
+    weight = kernel.expand(channels, 1, kernel_size, kernel_size)
+    return F.conv2d(images, weight, padding=kernel_size // 2, groups=channels)
 
 
-def pixel_ranks(saliency: Tensor) -> Tensor:
-    """Rank of every pixel in descending saliency order, (B, H*W); ties keep pixel order."""
+def pixel_ranks(saliency: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Rank (B, H*W) of every pixel in descending saliency order; ties in a random order drawn from ``generator``."""
     flat = saliency.flatten(1)
-    order = flat.argsort(dim=1, descending=True, stable=True)
+    shuffle = torch.rand(flat.shape, generator=generator, device=flat.device).argsort(1)
+    order = shuffle.gather(1, flat.gather(1, shuffle).argsort(dim=1, descending=True, stable=True))
     ranks = torch.empty_like(order)
     ranks.scatter_(1, order, torch.arange(flat.shape[1], device=flat.device).expand_as(order))
     return ranks
 
 
-def perturbation_curve(
-    scorer: Scorer, start: Tensor, finish: Tensor, saliency: Tensor, targets: Tensor, steps: int
-) -> Tensor:
-    """Target probability after moving the top-ranked pixels from ``start`` to ``finish``.
+def step_counts(pixels: int, steps: int, device: torch.device | None = None) -> Tensor:
+    """round(i * pixels / steps) for i = 0..steps (halves round up)."""
+    i = torch.arange(steps + 1, device=device)
+    return (2 * i * pixels + steps) // (2 * steps)
 
-    Returns (B, steps + 1): point i has min(i * ceil(HW / steps), HW) pixels taken from ``finish``.
-    """
-    b, _c, h, w = start.shape
-    ranks = pixel_ranks(saliency).view(b, 1, h, w)
-    per_step = math.ceil(h * w / steps)
-    counts = (torch.arange(steps + 1, device=start.device) * per_step).clamp(max=h * w)
-    points_per_chunk = max(1, scorer.batch_size // b)
-    curve = []
-    for chunk in counts.split(points_per_chunk):
-        moved = ranks[None] < chunk.view(-1, 1, 1, 1, 1)  # (m, B, 1, H, W)
-        perturbed = torch.where(moved, finish[None], start[None]).flatten(0, 1)
-        curve.append(scorer(perturbed, targets.repeat(len(chunk))).view(len(chunk), b))
-    return torch.cat(curve).T
+
+def perturbation_curve(
+    scorer: Scorer, start: Tensor, finish: Tensor, ranks: Tensor, targets: Tensor, steps: int
+) -> Tensor:
+    """Target probability (B, steps + 1) after moving the round(i * HW / steps) top-ranked pixels
+    from ``start`` to ``finish``; ``ranks`` (B, H*W) from :func:`pixel_ranks`."""
+    b, _, h, w = start.shape
+    ranks = ranks.view(b, 1, h, w)
+    counts = step_counts(h * w, steps, start.device)
+
+    def perturbed(rows: slice) -> tuple[Tensor]:
+        _, step = owners(rows, steps + 1, start.device)
+        moved = expand_rows(ranks, rows, steps + 1) < counts[step].view(-1, 1, 1, 1)
+        return (torch.where(moved, expand_rows(finish, rows, steps + 1), expand_rows(start, rows, steps + 1)),)
+
+    return scorer.score_rows(targets, steps + 1, perturbed, output="probability")
 
 
 def auc(curve: Tensor) -> Tensor:
@@ -77,11 +94,13 @@ def deletion_insertion(
     steps: int = 224,
     blur_kernel: int = 11,
     blur_sigma: float = 5.0,
+    generator: torch.Generator | None = None,
 ) -> dict[str, Tensor]:
     """Per-image deletion and insertion AUC, (B,) each."""
-    deletion = perturbation_curve(scorer, images, torch.zeros_like(images), saliency, targets, steps)
+    ranks = pixel_ranks(saliency, generator)
+    deletion = perturbation_curve(scorer, images, torch.zeros_like(images), ranks, targets, steps)
     blurred = gaussian_blur(images, blur_kernel, blur_sigma)
-    insertion = perturbation_curve(scorer, blurred, images, saliency, targets, steps)
+    insertion = perturbation_curve(scorer, blurred, images, ranks, targets, steps)
     return {"deletion": auc(deletion), "insertion": auc(insertion)}
 
 
@@ -91,13 +110,31 @@ class DeletionInsertion(Metric):
 
     names = ("deletion", "insertion")
 
-    def __init__(self, steps: int = 224, blur_kernel: int = 11, blur_sigma: float = 5.0):
-        if steps < 1:
-            raise ValueError(f"deletion_insertion.steps must be >= 1, got {steps}")
-        super().__init__()
+    def __init__(self, ctx: MetricContext, steps: int = 224, blur_kernel: int = 11, blur_sigma: float = 5.0):
+        super().__init__(ctx)
         self.steps, self.blur_kernel, self.blur_sigma = steps, blur_kernel, blur_sigma
+        self.generator: torch.Generator | None = None
+
+    @classmethod
+    def check(cls, steps: int = 224, blur_kernel: int = 11, blur_sigma: float = 5.0) -> None:
+        if steps < 1:
+            raise MetricError(f"deletion_insertion.steps must be >= 1, got {steps}")
+        if blur_kernel < 1 or blur_kernel % 2 == 0 or blur_sigma <= 0:
+            raise MetricError(
+                "deletion_insertion needs an odd blur_kernel >= 1 and blur_sigma > 0, "
+                f"got {blur_kernel} and {blur_sigma}"
+            )
 
     def score(self, batch: MetricInput) -> dict[str, Tensor]:
+        if self.generator is None:
+            self.generator = self.ctx.generator(batch.images.device)
         return deletion_insertion(
-            batch.scorer, batch.images, batch.maps, batch.targets, self.steps, self.blur_kernel, self.blur_sigma
+            self.ctx.scorer,
+            batch.images,
+            batch.maps,
+            batch.targets,
+            self.steps,
+            self.blur_kernel,
+            self.blur_sigma,
+            self.generator,
         )
