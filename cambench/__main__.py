@@ -13,17 +13,28 @@ from omegaconf import DictConfig
 from cambench.config import ConfigError, validate
 from cambench.data.base import DatasetError
 from cambench.device import DeviceError
+from cambench.methods import MethodError
+from cambench.metrics import MetricError
 from cambench.models.build import ModelError
 from cambench.models.checkpoints import CheckpointError
 from cambench.models.layers import TargetLayerError
 from cambench.runner.run import run
 
 log = logging.getLogger("cambench")
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
-USER_ERRORS = (ConfigError, DatasetError, DeviceError, ModelError, CheckpointError, TargetLayerError)
+# the package's configs: conf/ of the checkout (editable install), or the copy inside an installed wheel
+USER_ERRORS = (
+    ConfigError,
+    DatasetError,
+    DeviceError,
+    MethodError,
+    MetricError,
+    ModelError,
+    CheckpointError,
+    TargetLayerError,
+)
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+@hydra.main(version_base="1.3", config_path="pkg://cambench.conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     try:
         result = run(validate(cfg), Path(HydraConfig.get().runtime.output_dir))

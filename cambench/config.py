@@ -2,22 +2,25 @@
 
 Hydra composes ``conf/``; :func:`validate` merges each group into its schema (catching unknown
 keys and wrong types) and checks every name against its registry, so a typo fails before any
-work with a message that lists the valid choices.
+work with a one-line message that lists the valid choices. Method and metric parameters are
+checked against the ``__init__`` signature of their class (names, types and defaults), then
+against the class's own ``check`` (values).
 """
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, fields
+from typing import Any
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cambench.data.registry import DATASETS
 from cambench.device import AUTOCAST_DTYPES
-from cambench.methods import METHODS
-from cambench.metrics import METRICS
+from cambench.methods import METHODS, MethodError
+from cambench.metrics import METRICS, MetricError
 from cambench.models.build import available_models
+from cambench.params import parameters, schema
 
 
 class ConfigError(ValueError):
@@ -28,40 +31,37 @@ class ConfigError(ValueError):
 class ModelConfig:
     name: str = MISSING
     weights: str = "auto"  # auto | reference | random | checkpoint path | torchvision weights name
-    target_layer: str | None = None  # dotted module path; null: the family's default
-
-
-@dataclass
-class MethodConfig:
-    name: str = MISSING
+    target_layer: Any = None  # dotted module path, a list of them (multi-layer methods), or null: the default
 
 
 @dataclass
 class RunnerConfig:
     batch_size: int = 16
-    num_images: int | None = None  # null: the whole dataset
+    num_images: int | None = None  # a seeded, label-stratified random subset; null: the whole dataset
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     autocast: str | None = None  # null | bf16 | fp16
     channels_last: bool = True  # NHWC memory format: faster convolutions on CPUs and tensor cores
     target: str = "prediction"  # prediction | label
     seed: int = 0
-    score_batch_size: int = 256  # forward batch of the metrics' perturbed copies
+    score_batch_size: Any = "auto"  # rows per forward chunk of perturbed inputs; auto: probed once per run
     num_workers: int = 0
     bootstrap: int = 1000  # resamples of the 95% bootstrap interval
     results_table: str = "results/runs.csv"  # a summary row is appended per run
     progress: bool = True
 
 
-GROUP_SCHEMAS = {"model": ModelConfig, "method": MethodConfig, "runner": RunnerConfig}
+GROUP_SCHEMAS = {"model": ModelConfig, "runner": RunnerConfig}
 CHOICES = {"runner.target": ("prediction", "label"), "runner.autocast": tuple(AUTOCAST_DTYPES)}
+AT_LEAST_ONE = ("batch_size", "num_images", "bootstrap")
 
 
-def _merge(schema: type, node: DictConfig, where: str) -> DictConfig:
+def _merge(schema_cls: type, node: DictConfig, where: str, valid: str | None = None) -> DictConfig:
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(schema), node)
+        merged = OmegaConf.merge(OmegaConf.structured(schema_cls), node)
     except OmegaConfBaseException as err:
-        valid = ", ".join(f.name for f in fields(schema))
-        raise ConfigError(f"{where}: {err.msg if hasattr(err, 'msg') else err} (valid keys: {valid})") from None
+        message = str(getattr(err, "msg", err)).splitlines()[0]
+        valid = valid or ", ".join(f.name for f in fields(schema_cls))
+        raise ConfigError(f"{where}: {message} (valid keys: {valid})") from None
     if missing := sorted(OmegaConf.missing_keys(merged)):
         raise ConfigError(f"{where}: set {', '.join(f'{where}.{k}' for k in missing)}")
     return merged
@@ -72,29 +72,72 @@ def _check_choice(value: object, valid: list | tuple, what: str) -> None:
         raise ConfigError(f"unknown {what} {value!r}; valid choices: {', '.join(map(str, valid))}")
 
 
+def _describe(cls: type) -> str:
+    """``name: type = default`` of every parameter, for error messages."""
+    out = [f"{n}: {getattr(t, '__name__', t)} = {d!r}" for n, (t, d) in parameters(cls).items()]
+    return ", ".join(out) or "none"
+
+
+def _params(cls: type, node: DictConfig, where: str, extra: dict | None = None) -> DictConfig:
+    """``node`` merged into the signature schema of ``cls``, then value-checked by ``cls.check``."""
+    merged = _merge(schema(cls, extra), node, where, valid=_describe(cls))
+    values = {k: v for k, v in OmegaConf.to_container(merged).items() if k not in (extra or {})}
+    try:
+        cls.check(**values)
+    except (MethodError, MetricError) as err:
+        raise ConfigError(f"{where}: {err}") from None
+    return merged
+
+
+def _runner(node: DictConfig) -> DictConfig:
+    runner = _merge(RunnerConfig, node, "runner")
+    for key in AT_LEAST_ONE:
+        if runner[key] is not None and runner[key] < 1:
+            raise ConfigError(f"runner.{key} must be >= 1, got {runner[key]}")
+    chunk = runner.score_batch_size
+    if not (chunk == "auto" or (isinstance(chunk, int) and not isinstance(chunk, bool) and chunk >= 1)):
+        raise ConfigError(f"runner.score_batch_size must be auto or an integer >= 1, got {chunk!r}")
+    device = runner.device
+    if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
+        raise ConfigError(f"unknown runner.device {device!r}; valid choices: auto, cpu, cuda, cuda:N")
+    return runner
+
+
+def target_layers(value: Any) -> list[str] | None:
+    """``model.target_layer`` as a list of paths (None: the model's default)."""
+    if value is None:
+        return None
+    layers = list(value) if isinstance(value, ListConfig | list | tuple) else [value]
+    if not layers or not all(isinstance(layer, str) and layer for layer in layers):
+        raise ConfigError(f"model.target_layer must be a module path or a list of them, got {value!r}")
+    return layers
+
+
 def validate(cfg: DictConfig) -> DictConfig:
     """Return ``cfg`` with every group merged into its schema; raise ConfigError on any problem."""
-    out = {key: _merge(schema, cfg[key], key) for key, schema in GROUP_SCHEMAS.items()}
-    _check_choice(out["method"].name, sorted(METHODS), "method")
+    out = {"model": _merge(ModelConfig, cfg.model, "model"), "runner": _runner(cfg.runner)}
     _check_choice(out["model"].name, available_models(), "model.name")
+    target_layers(out["model"].target_layer)
     for key, valid in CHOICES.items():
         group, name = key.split(".")
         _check_choice(out[group][name], valid, key)
-    device = out["runner"].device
-    if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
-        raise ConfigError(f"unknown runner.device {device!r}; valid choices: auto, cpu, cuda, cuda:N")
+
+    _check_choice(cfg.method.get("name"), sorted(METHODS), "method")
+    out["method"] = _params(METHODS[cfg.method.name], cfg.method, "method", extra={"name": (str, MISSING)})
 
     _check_choice(cfg.dataset.get("name"), sorted(DATASETS), "dataset")
     out["dataset"] = _merge(DATASETS[cfg.dataset.name].schema, cfg.dataset, "dataset")
 
-    for name, params in (cfg.metrics or {}).items():
-        _check_choice(name, sorted(METRICS), "metric")
-        accepted = list(inspect.signature(METRICS[name]).parameters)
-        if unknown := sorted(set(params or {}) - set(accepted)):
-            raise ConfigError(
-                f"metrics.{name}: unknown parameter(s) {', '.join(unknown)}; valid: {', '.join(accepted)}"
-            )
     if not cfg.metrics:
         raise ConfigError("no metrics selected; choose a metrics config, e.g. metrics=default")
-    out["metrics"] = cfg.metrics
+    metrics = {}
+    for name, params in cfg.metrics.items():
+        _check_choice(name, sorted(METRICS), "metric")
+        metrics[name] = _params(METRICS[name], params or OmegaConf.create({}), f"metrics.{name}")
+    out["metrics"] = metrics
     return OmegaConf.create({key: out[key] for key in ("model", "method", "dataset", "metrics", "runner")})
+
+
+def method_params(cfg: DictConfig) -> dict[str, Any]:
+    """The method's hyper-parameters of a validated config (everything but its name)."""
+    return {k: v for k, v in OmegaConf.to_container(cfg.method).items() if k != "name"}

@@ -13,6 +13,7 @@ from PIL import Image
 
 from cambench.config import ConfigError, validate
 from cambench.data.shapes_dataset import ShapesDataset
+from cambench.runner.sampling import stratified_subset
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 FAST = ["runner.num_images=4", "runner.batch_size=2", "metrics.deletion_insertion.steps=4", "runner.progress=false"]
@@ -36,13 +37,22 @@ def test_default_run_writes_rows_summary_config_and_table_row(tmp_path):
     assert result.returncode == 0, result.output
     assert "deletion" in result.stdout and "insertion" in result.stdout
     rows = pd.read_csv(tmp_path / "run" / "per_image.csv")
-    assert rows["id"].tolist() == [f"shapes-test-{i:06d}" for i in range(4)]
+    subset = stratified_subset(ShapesDataset().labels(), 4, seed=0)  # seeded, one image of each of 4 classes
+    assert rows["id"].tolist() == [f"shapes-test-{i:06d}" for i in subset.tolist()]
+    assert rows["label"].nunique() == 4
     assert (rows["target"] == rows["prediction"]).all()
     assert rows[["deletion", "insertion"]].apply(lambda c: c.between(0, 1)).all().all()
+    # measured cost: each image carries its batch's time per image and the method's declared passes
+    assert (rows["seconds_method"] > 0).all() and (rows["seconds_deletion_insertion"] > 0).all()
+    assert rows[["passes_forward", "passes_backward", "passes_tail"]].drop_duplicates().values.tolist() == [[1, 1, 0]]
+    assert not rows["constant_map"].any()
     summary = pd.read_csv(tmp_path / "run" / "summary.csv").set_index("metric")
     assert summary.loc["insertion", "mean"] == pytest.approx(rows["insertion"].mean())
+    assert summary.loc["seconds_method", "mean"] == pytest.approx(rows["seconds_method"].mean())
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert info["config"]["model"]["name"] == "mobilenet_v3_small" and info["versions"]["torch"]
+    assert info["timings"]["split"] == {"mode": "fx", "layers": ["features.12"], "max_difference": 0.0}
+    assert info["timings"]["images"] == "4 images, 4 classes, 1 per class (seeded subset of 10000)"
     table = pd.read_csv(tmp_path / "runs.csv")
     assert table[["model", "method", "images"]].values.tolist() == [["mobilenet_v3_small", "gradcam", 4]]
 
@@ -106,14 +116,50 @@ def test_every_dataset_config_validates(dataset, tmp_path):
         ("runner.batch_size=abc", "runner:"),
         ("runner.device=gpu", "valid choices: auto, cpu, cuda, cuda:N"),
         ("model.name=resnet5", "unknown model.name 'resnet5'"),
-        ("+metrics.deletion_insertion.step=3", "unknown parameter(s) step; valid: steps, blur_kernel, blur_sigma"),
+        ("+metrics.deletion_insertion.step=3", "steps: int = 224, blur_kernel: int = 11, blur_sigma: float = 5.0"),
+        ("metrics.deletion_insertion.steps=abc", "metrics.deletion_insertion: Value 'abc' of type 'str' could not"),
+        ("metrics.deletion_insertion.steps=0", "metrics.deletion_insertion: deletion_insertion.steps must be >= 1"),
         ("+metrics.nosuch={}", "unknown metric 'nosuch'; valid choices: deletion_insertion"),
+        ("runner.batch_size=0", "runner.batch_size must be >= 1, got 0"),
+        ("runner.num_images=-1", "runner.num_images must be >= 1, got -1"),
+        ("runner.score_batch_size=abc", "runner.score_batch_size must be auto or an integer >= 1"),
+        ("+method.samples=3", "method: Key 'samples' not in"),
+        ("method=smoothgradcampp", None),
+        ("method=smoothgradcampp method.samples=many", "method: Value 'many' of type 'str' could not be converted"),
+        ("method=smoothgradcampp method.samples=0", "smoothgradcampp needs samples >= 1"),
+        ("method=reciprocam method.kernel=box", "unknown reciprocam kernel 'box'; valid: onehot, gaussian"),
+        ("model.target_layer=[]", "model.target_layer must be a module path or a list of them"),
     ],
 )
 def test_bad_configs_fail_with_the_valid_choices(override, message):
+    if message is None:  # a valid config, as a control
+        validate(compose_cfg(*override.split()))
+        return
     with pytest.raises(ConfigError) as err:
-        validate(compose_cfg(override))
-    assert message in str(err.value)
+        validate(compose_cfg(*override.split()))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_method_parameter_errors_name_the_valid_parameters():
+    with pytest.raises(ConfigError, match=r"valid keys: samples: int = 4, sigma: float = 0.3"):
+        validate(compose_cfg("method=smoothgradcampp", "+method.std=1"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["method=cam", "model=vgg11_bn"], "cam needs global average pooling and one linear layer"),
+        (["model.target_layer=fc"], "target layer fc outputs shape (1, 8) (2-D)"),
+        (["model.target_layer=avgpool"], "no spatial extent (1 x 1)"),
+        (["model.target_layer=[layer3,layer4]"], "method gradcam takes one target layer, got 2"),
+        (["method=layercam", "model.target_layer=[layer4.0.downsample,layer4.0.conv1]"], "lie on parallel branches"),
+    ],
+)
+def test_model_problems_fail_at_start_with_the_reason(tmp_path, overrides, message):
+    result = cambench(tmp_path, "model.weights=random", *overrides, *FAST)
+    assert result.returncode == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "run" / "per_image.csv").exists()
 
 
 def test_imagenet_needs_a_root():
@@ -136,8 +182,9 @@ def test_label_targets_and_bf16_autocast_in_process(tmp_path):
     )
     result = run(cfg, tmp_path / "run")
     assert (result.rows["target"] == result.rows["label"]).all()
-    assert result.rows["label"].tolist() == [ShapesDataset("test", 4, 64)[i].label for i in range(4)]
-    assert result.summary["metric"].tolist() == ["deletion", "insertion"]
+    expected = [int(row.split("-")[-1]) for row in result.rows["id"]]
+    assert result.rows["label"].tolist() == [ShapesDataset(image_size=64)[i].label for i in expected]
+    assert result.summary["metric"].tolist()[:3] == ["deletion", "insertion", "seconds_method"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")

@@ -42,3 +42,25 @@ def test_results_table_realigns_columns_across_runs(tmp_path):
     assert out["method"].tolist() == ["gradcam", "other"]
     assert out["deletion"].tolist()[0] == 0.1 and math.isnan(out["deletion"].tolist()[1])
     assert out["insertion_ci95"].tolist()[1] == "[0.6000, 0.8000]"
+
+
+def _append_many(table, worker, count):
+    for i in range(count):
+        summary = pd.DataFrame([{"metric": "deletion", "mean": i, "ci95_low": 0.0, "ci95_high": 1.0}])
+        append_to_table(table, summary, {"method": f"w{worker}", "i": i})
+
+
+def test_parallel_jobs_appending_to_the_results_table_lose_no_row(tmp_path):
+    import multiprocessing
+
+    table = tmp_path / "runs.csv"
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_append_many, args=(table, w, 10)) for w in range(4)]
+    for p in workers:
+        p.start()
+    for p in workers:
+        p.join(timeout=120)
+    assert all(p.exitcode == 0 for p in workers)
+    out = pd.read_csv(table)
+    assert len(out) == 40
+    assert sorted(out.groupby("method")["i"].apply(sorted).tolist()) == [list(range(10))] * 4

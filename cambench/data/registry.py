@@ -18,8 +18,7 @@ from cambench.data.shapes_dataset import ShapesDataset
 @dataclass
 class ShapesConfig:
     name: str = "shapes"
-    split: str = "test"
-    num_images: int = 1000
+    split: str = "test"  # 10,000 scenes a split; runner.num_images chooses how many are evaluated
     image_size: int = 224
     seed: int | None = None  # null: the split's own seed
 
@@ -55,6 +54,7 @@ class DatasetSpec:
     schema: type
     num_classes: Callable[[Any], int]
     build: Callable[[Any, Any], Dataset]
+    has_masks: Callable[[Any], bool] = lambda cfg: False  # known before the dataset is built
 
 
 def _folder_classes(cfg: FolderConfig) -> int:
@@ -76,7 +76,8 @@ DATASETS: dict[str, DatasetSpec] = {
     "shapes": DatasetSpec(
         ShapesConfig,
         lambda cfg: len(SHAPE_CLASSES),
-        lambda cfg, prep: ShapesDataset(cfg.split, cfg.num_images, cfg.image_size, cfg.seed),
+        lambda cfg, prep: ShapesDataset(cfg.split, image_size=cfg.image_size, seed=cfg.seed),
+        lambda cfg: True,
     ),
     "imagenet": DatasetSpec(
         ImageNetConfig,
@@ -84,6 +85,7 @@ DATASETS: dict[str, DatasetSpec] = {
         lambda cfg, prep: _files().ImageNetValDataset(
             cfg.root, prep, labels_file=cfg.labels_file, boxes_dir=cfg.boxes_dir, class_index_file=cfg.class_index_file
         ),
+        lambda cfg: cfg.boxes_dir is not None,
     ),
     "folder": DatasetSpec(
         FolderConfig,

@@ -53,6 +53,11 @@ class Scenes:
         return self.label.shape[0]
 
 
+def sample_labels(n: int, generator: torch.Generator) -> Tensor:
+    """The first draw of :func:`sample_scenes`: ``n`` uniform class labels."""
+    return torch.randint(len(SHAPE_CLASSES), (n,), generator=generator)
+
+
 def sample_scenes(n: int, generator: torch.Generator, labels: Tensor | None = None) -> Scenes:
     """Draw ``n`` scenes; classes are uniform unless ``labels`` is given."""
 
@@ -60,7 +65,7 @@ def sample_scenes(n: int, generator: torch.Generator, labels: Tensor | None = No
         return lo + (hi - lo) * torch.rand(*shape, generator=generator)
 
     if labels is None:
-        labels = torch.randint(len(SHAPE_CLASSES), (n,), generator=generator)
+        labels = sample_labels(n, generator)
     radius = u(n, lo=0.14, hi=0.26)
     margin = radius * EXTENT
     centre = margin[:, None] + u(n, 2) * (1 - 2 * margin[:, None])

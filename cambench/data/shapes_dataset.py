@@ -5,11 +5,12 @@ from __future__ import annotations
 from torch.utils.data import Dataset
 
 from cambench.data.base import DatasetError, Sample, normalise
-from cambench.data.shapes import SHAPE_CLASSES, render, sample_scenes, scene_generator
+from cambench.data.shapes import SHAPE_CLASSES, render, sample_labels, sample_scenes, scene_generator
 
 TRAIN_SEED = 0
 TEST_SEED = 1
 SPLIT_SEEDS = {"train": TRAIN_SEED, "test": TEST_SEED}
+SPLIT_SIZE = 10_000  # scenes per split; a run evaluates runner.num_images of them
 
 
 class ShapesDataset(Dataset):
@@ -17,7 +18,9 @@ class ShapesDataset(Dataset):
 
     classes = SHAPE_CLASSES
 
-    def __init__(self, split: str = "test", num_images: int = 1000, image_size: int = 224, seed: int | None = None):
+    def __init__(
+        self, split: str = "test", num_images: int = SPLIT_SIZE, image_size: int = 224, seed: int | None = None
+    ):
         if split not in SPLIT_SEEDS:
             raise DatasetError(f"unknown dataset.split {split!r}; valid choices: {', '.join(SPLIT_SEEDS)}")
         self.split = split
@@ -27,6 +30,10 @@ class ShapesDataset(Dataset):
 
     def __len__(self) -> int:
         return self.num_images
+
+    def labels(self) -> list[int]:
+        """Every scene's label, without rendering (for stratified subsets)."""
+        return [int(sample_labels(1, scene_generator(self.seed, i))[0]) for i in range(self.num_images)]
 
     def __getitem__(self, index: int) -> Sample:
         if not 0 <= index < self.num_images:

@@ -1,9 +1,14 @@
 """Files of a run: per-image rows (appended batch by batch, so a crash keeps what was done),
-the summary table, the config with library versions, and a row in the shared results table."""
+the summary table, the config with library versions, and a row in the shared results table.
+
+The shared table is written by every run, also by the parallel jobs of a sweep: each append
+reads, realigns and rewrites it under an exclusive file lock, through a temporary file and an
+atomic rename, so no job's row is lost and no reader sees half a file."""
 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import sys
 from datetime import UTC, datetime
@@ -12,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from filelock import FileLock
 
 PER_IMAGE = "per_image.csv"
 SUMMARY = "summary.csv"
@@ -64,7 +70,10 @@ def append_to_table(table: Path, summary: pd.DataFrame, run: dict) -> None:
         row[f"{rec.metric}_ci95"] = f"[{rec.ci95_low:.4f}, {rec.ci95_high:.4f}]"
     table = Path(table)
     table.parent.mkdir(parents=True, exist_ok=True)
-    new = pd.DataFrame([row])
-    if table.exists():  # columns may differ between runs (other metrics): realign
-        new = pd.concat([pd.read_csv(table), new], ignore_index=True)
-    new.to_csv(table, index=False)
+    with FileLock(f"{table}.lock"):
+        new = pd.DataFrame([row])
+        if table.exists():  # columns may differ between runs (other metrics): realign
+            new = pd.concat([pd.read_csv(table), new], ignore_index=True)
+        partial = table.with_name(f".{table.name}.{os.getpid()}.tmp")
+        new.to_csv(partial, index=False)
+        os.replace(partial, table)

@@ -1,28 +1,43 @@
-"""The batched evaluation loop: model, method and metrics on one device, rows out per batch."""
+"""The batched evaluation loop: model, method and metrics on one device, rows out per batch.
+
+Before anything is downloaded or trained, :func:`preflight` checks the target layers on a
+weightless skeleton, splits it to check that the method can use the model (CAM needs a linear
+head) and checks that the dataset and method give every metric what it requires. The split of
+the real model is verified on the first batch. Per batch, the method and each metric are timed
+separately (synchronised on CUDA); every row carries ``seconds_method``, ``seconds_<metric>``,
+the method's declared passes per image and the peak memory.
+"""
 
 from __future__ import annotations
 
 import logging
 import random
+import resource
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from cambench.config import ConfigError, method_params, target_layers
 from cambench.data.base import collate
 from cambench.data.registry import DATASETS
 from cambench.device import AUTOCAST_DTYPES, resolve_device
-from cambench.methods import build_method
-from cambench.metrics import MetricInput, Scorer, build_metric
-from cambench.models.build import build_model
-from cambench.models.layers import resolve_target_layer
+from cambench.methods import METHODS, build_method
+from cambench.metrics import METRICS, MetricContext, MetricInput, build_metric, missing_capabilities
+from cambench.models.build import build_model, check_target_layers, skeleton
+from cambench.models.engine import Engine
+from cambench.models.scorer import Scorer
+from cambench.models.split import split_model
 from cambench.results.summary import summarise
 from cambench.results.writer import RunWriter, append_to_table
+from cambench.runner.sampling import coverage, random_subset, stratified_subset
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +55,55 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
+def preflight(cfg: DictConfig) -> list[str]:
+    """Check what can be checked without weights; returns the target layers."""
+    spec = DATASETS[cfg.dataset.name]
+    num_classes = spec.num_classes(cfg.dataset)
+    layers = check_target_layers(cfg.model.name, num_classes, target_layers(cfg.model.target_layer))
+    method = METHODS[cfg.method.name]
+    method.check_model(split_model(skeleton(cfg.model.name, num_classes), layers))
+    capabilities = {"masks"} if spec.has_masks(cfg.dataset) else set()
+    if method.needs_gradients:
+        capabilities.add("gradients")
+    for name in cfg.metrics:
+        if missing := missing_capabilities(METRICS[name], capabilities):
+            raise ConfigError(
+                f"metric {name} needs {' and '.join(missing)}, which dataset={cfg.dataset.name} "
+                f"with method={cfg.method.name} cannot give; choose another dataset or drop the metric"
+            )
+    return layers
+
+
+def select_images(dataset: Dataset, n: int | None, seed: int) -> tuple[Dataset, str]:
+    """The images a run evaluates (see ``sampling``) and a line on their class coverage."""
+    if n is None or n >= len(dataset):
+        return dataset, f"all {len(dataset)} images"
+    labels = dataset.labels() if hasattr(dataset, "labels") else None
+    if labels is None:
+        return Subset(dataset, random_subset(len(dataset), n, seed).tolist()), f"{n} random images (labels unknown)"
+    index = stratified_subset(labels, n, seed)
+    described = coverage(torch.as_tensor(labels)[index])
+    return Subset(dataset, index.tolist()), f"{described} (seeded subset of {len(dataset)})"
+
+
+def timed(device: torch.device, fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+    """``fn(*args)`` and its wall time in seconds (CUDA work included)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    out = fn(*args)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return out, time.perf_counter() - start
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak device memory since the last reset (CUDA), else the process's peak resident memory."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def run(cfg: DictConfig, out_dir: Path) -> RunResult:
     """Run one (model, method, dataset, metrics) cell; ``cfg`` is a validated config."""
     start = time.perf_counter()
@@ -48,21 +112,19 @@ def run(cfg: DictConfig, out_dir: Path) -> RunResult:
     device = resolve_device(rc.device)
     autocast = AUTOCAST_DTYPES[rc.autocast]
     spec = DATASETS[cfg.dataset.name]
+    layers = preflight(cfg)
 
-    loaded = build_model(
-        cfg.model.name, cfg.model.weights, spec.num_classes(cfg.dataset), cfg.dataset.name, cfg.model.target_layer
-    )
+    loaded = build_model(cfg.model.name, cfg.model.weights, spec.num_classes(cfg.dataset), cfg.dataset.name, layers)
     memory_format = torch.channels_last if rc.channels_last else torch.preserve_format
     model = loaded.model.to(device, memory_format=memory_format)
-    method = build_method(
-        cfg.method.name, model, resolve_target_layer(model, loaded.target_layer), autocast_dtype=autocast
-    )
-    metrics = [build_metric(name, **(params or {})) for name, params in cfg.metrics.items()]
-    scorer = Scorer(model, rc.score_batch_size, autocast)
+    split = split_model(model, loaded.target_layers)
+    chunk = None if rc.score_batch_size == "auto" else rc.score_batch_size
+    engine = Engine(split, Scorer(split, chunk, autocast, memory_format), loaded.preprocessing, autocast, rc.seed)
+    method = build_method(cfg.method.name, engine, **method_params(cfg))
+    context = MetricContext(engine, method)
+    metrics = {name: build_metric(name, context, **params) for name, params in cfg.metrics.items()}
 
-    dataset = spec.build(cfg.dataset, loaded.preprocessing)
-    if rc.num_images is not None and rc.num_images < len(dataset):
-        dataset = Subset(dataset, range(rc.num_images))
+    dataset, chosen = select_images(spec.build(cfg.dataset, loaded.preprocessing), rc.num_images, rc.seed)
     loader = DataLoader(
         dataset,
         batch_size=rc.batch_size,
@@ -71,36 +133,63 @@ def run(cfg: DictConfig, out_dir: Path) -> RunResult:
         pin_memory=device.type == "cuda",
     )
     log.info(
-        "%s on %s (%s, layer %s), %d images of %s on %s",
+        "%s on %s (%s, layer %s, %s split), %s of %s on %s",
         cfg.method.name,
         cfg.model.name,
         loaded.weights,
-        loaded.target_layer,
-        len(dataset),
+        ", ".join(loaded.target_layers),
+        split.mode,
+        chosen,
         cfg.dataset.name,
         device,
     )
 
     writer = RunWriter(out_dir)
     bar = tqdm(loader, desc=f"{cfg.method.name}/{cfg.model.name}", unit="batch", disable=not rc.progress)
+    split_difference = None
     try:
         for batch in bar:
             batch = batch.to(device, memory_format)
-            out = method(batch.images, batch.labels if rc.target == "label" else None)
-            inputs = MetricInput(batch.images, out.maps, out.targets, batch.labels, batch.masks, scorer)
-            scores = {name: v.cpu() for m in metrics for name, v in m.update(inputs).items()}
-            writer.append(_rows(batch.ids, batch.labels.cpu(), out.logits.argmax(1).cpu(), out.targets.cpu(), scores))
-            bar.set_postfix({k: f"{v.item():.3f}" for m in metrics for k, v in m.compute().items()})
+            if split_difference is None:
+                split_difference = split.verify(batch.images[:1])
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            targets = batch.labels if rc.target == "label" else None
+            out, seconds = timed(device, method.explain, batch.images, targets)
+            columns = {"seconds_method": seconds}
+            inputs = MetricInput(batch.images, batch.labels, batch.masks, batch.ids, out)
+            scores: dict[str, torch.Tensor] = {}
+            for name, metric in metrics.items():
+                values, seconds = timed(device, metric.update, inputs)
+                scores |= {k: v.cpu() for k, v in values.items()}
+                columns[f"seconds_{name}"] = seconds
+            n = len(batch.ids)
+            per_image = {k: v / n for k, v in columns.items()}
+            per_image |= {f"passes_{k}": v for k, v in vars(out.passes).items()}
+            per_image["peak_memory_mb"] = peak_memory_mb(device)
+            writer.append(_rows(batch.ids, batch.labels.cpu(), out, scores, per_image))
+            bar.set_postfix({k: f"{v.item():.3f}" for m in metrics.values() for k, v in m.compute().items()})
     except BaseException:
         if writer.rows_written:
             log.error("stopped after %d images; their rows are kept in %s", writer.rows_written, writer.per_image)
         raise
 
     rows = writer.rows()
-    names = [name for m in metrics for name in m.names]
-    summary = summarise(rows, names, rc.bootstrap, rc.seed)
+    names = [name for m in metrics.values() for name in m.names]
+    costs = ["seconds_method", *(f"seconds_{name}" for name in metrics), "passes_forward", "passes_backward"]
+    costs += ["passes_tail", "peak_memory_mb"]
+    summary = summarise(rows, names + costs, rc.bootstrap, rc.seed)
     seconds = time.perf_counter() - start
-    writer.finish(summary, OmegaConf.to_container(cfg, resolve=True), {"wall_seconds": round(seconds, 2)})
+    writer.finish(
+        summary,
+        OmegaConf.to_container(cfg, resolve=True),
+        {
+            "wall_seconds": round(seconds, 2),
+            "images": chosen,
+            "split": {"mode": split.mode, "layers": split.layers, "max_difference": split_difference},
+            "score_chunks": engine.scorer.chunk_sizes(),
+        },
+    )
     append_to_table(
         Path(rc.results_table),
         summary,
@@ -108,7 +197,7 @@ def run(cfg: DictConfig, out_dir: Path) -> RunResult:
             "finished": pd.Timestamp.now().isoformat(timespec="seconds"),
             "model": cfg.model.name,
             "weights": loaded.weights,
-            "target_layer": loaded.target_layer,
+            "target_layer": ",".join(loaded.target_layers),
             "method": cfg.method.name,
             "dataset": cfg.dataset.name,
             "images": len(rows),
@@ -121,7 +210,14 @@ def run(cfg: DictConfig, out_dir: Path) -> RunResult:
     return RunResult(rows, summary, out_dir, seconds)
 
 
-def _rows(ids: list[str], labels, predictions, targets, scores: dict[str, torch.Tensor]) -> list[dict]:
-    columns = {"id": ids, "label": labels.tolist(), "prediction": predictions.tolist(), "target": targets.tolist()}
+def _rows(ids: list[str], labels: torch.Tensor, out, scores: dict[str, torch.Tensor], costs: dict) -> list[dict]:
+    columns = {
+        "id": ids,
+        "label": labels.tolist(),
+        "prediction": out.logits.argmax(1).cpu().tolist(),
+        "target": out.targets.cpu().tolist(),
+        "constant_map": out.constant.cpu().tolist(),
+    }
     columns |= {name: v.tolist() for name, v in scores.items()}
-    return [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+    rows = [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+    return [row | costs for row in rows]
