@@ -6,7 +6,9 @@ image b, and ``build(rows)`` makes the model input of a slice of rows on demand,
 one chunk of perturbed tensors exists at a time. Rows go through the whole model, or only
 through the tail after a target layer (``layer=i``); :func:`owners` and :func:`expand_rows`
 give a chunk's images and its rows of per-image tensors (an expanded view, not a copy, when the
-chunk lies within one image).
+chunk lies within one image). Rows need not be M per image: :meth:`Scorer.score` takes one target
+per row, and :func:`take_rows` picks per-image tensors for any ascending list of images (Score-CAM
+and Ablation-CAM skip the channels whose perturbation cannot change the score).
 
 The chunk size matters, and not only on GPUs: on a CPU a ResNet forward costs a third more per
 image at batch 64 than at batch 8. With ``batch_size=None`` the scorer probes, once per kind of
@@ -104,18 +106,15 @@ class Scorer:
                 return self.split.forward(inputs[0])[1]
             return self.split.tail(layer, inputs)
 
-    def score_rows(
-        self, targets: Tensor, per_image: int, build: Build, layer: int | None = None, output: str = "probability"
-    ) -> Tensor:
-        """Scores (B, per_image) float32: row b * per_image + m scored for class ``targets[b]``."""
+    def score(self, targets: Tensor, build: Build, layer: int | None = None, output: str = "probability") -> Tensor:
+        """Scores (n_rows,) float32: row r built by ``build`` and scored for class ``targets[r]``."""
         if output not in OUTPUTS:
             raise ValueError(f"unknown output {output!r}; valid: {', '.join(OUTPUTS)}")
-        n_rows = len(targets) * per_image
+        n_rows = len(targets)
         scores = torch.empty(n_rows, device=targets.device)
         if n_rows == 0:
-            return scores.view(len(targets), per_image)
+            return scores
         probe = self._probe(layer, build, targets.device)
-        row_targets = targets.repeat_interleave(per_image)
         start = 0
         while start < n_rows:
             size = min(self.batch_size or probe.next_size(), n_rows - start)
@@ -124,7 +123,7 @@ class Scorer:
                 begin = self._clock(targets.device) if timed else 0.0
                 logits = self.logits(build(slice(start, start + size)), layer).float()
                 picked = logits.softmax(1) if output == "probability" else logits
-                scores[start : start + size] = picked.gather(1, row_targets[start : start + size, None])[:, 0]
+                scores[start : start + size] = picked.gather(1, targets[start : start + size, None])[:, 0]
                 if timed:
                     probe.record(size, self._clock(targets.device) - begin)
             except torch.OutOfMemoryError:
@@ -133,7 +132,19 @@ class Scorer:
                 self._halve(probe, size)
                 continue
             start += size
+        return scores
+
+    def score_rows(
+        self, targets: Tensor, per_image: int, build: Build, layer: int | None = None, output: str = "probability"
+    ) -> Tensor:
+        """Scores (B, per_image): row b * per_image + m scored for class ``targets[b]``."""
+        scores = self.score(targets.repeat_interleave(per_image), build, layer, output)
         return scores.view(len(targets), per_image)
+
+    def settled_chunk(self, layer: int | None, row_shape: tuple[int, ...]) -> int | None:
+        """The chunk size the probe settled on for rows of this kind, if it has (or the fixed size)."""
+        probe = self.probes.get((layer, tuple(row_shape)))
+        return self.batch_size or (probe.best if probe else None)
 
     def __call__(self, images: Tensor, targets: Tensor, output: str = "probability") -> Tensor:
         """Scores (N,) of ``targets[n]`` on ``images[n]`` (full forward passes)."""
@@ -169,9 +180,18 @@ def owners(rows: slice, per_image: int, device: torch.device) -> tuple[Tensor, T
 
 
 def expand_rows(tensor: Tensor, rows: slice, per_image: int) -> Tensor:
-    """The rows of a per-image tensor (B, ...) for ``rows``: an expanded view of one image's entry
-    when the slice lies within one image, else a gather."""
+    """The rows of a per-image tensor (B, ...) for ``rows`` of ``per_image`` rows an image: an
+    expanded view of one image's entry when the slice lies within one image, else a gather."""
     first, last = rows.start // per_image, (rows.stop - 1) // per_image
     if first == last:
         return tensor[first : first + 1].expand(rows.stop - rows.start, *tensor.shape[1:])
     return tensor[torch.arange(rows.start, rows.stop, device=tensor.device) // per_image]
+
+
+def take_rows(tensor: Tensor, images: Tensor) -> Tensor:
+    """``tensor[images]`` for ascending image indices held on the CPU: an expanded view of one
+    image's entry when every row belongs to it, else a gather."""
+    first, last = int(images[0]), int(images[-1])
+    if first == last:
+        return tensor[first : first + 1].expand(len(images), *tensor.shape[1:])
+    return tensor[images.to(tensor.device)]

@@ -14,9 +14,10 @@ at ``A_1``, so nothing before the target layer records a graph.
 
 The stages come from torch.fx: the model is traced with the target layers as leaves, every node
 goes to the stage of the deepest target it depends on, so work that does not depend on a target
-(a residual block's downsample branch) runs once in an earlier stage. In-place modules and ops
-become out-of-place, so a perturbed activation handed to the tail is never modified. A module
-called several times in one forward (a shared ReLU) is split at its last call.
+(a residual block's downsample branch) runs once in an earlier stage. An in-place module or op
+that would modify a stage's input (a perturbed activation, an autograd leaf) or a value another
+node reads becomes out-of-place; private chains such as conv -> bn -> relu_ stay in place. A
+module called several times in one forward (a shared ReLU) is split at its last call.
 
 Where a model cannot be traced, :class:`HookSplit` falls back to forward hooks: a stage is then a
 full forward pass whose target-layer output is replaced, so a tail pass costs a full forward
@@ -117,8 +118,17 @@ def _trace(model: nn.Module, layers: list[str]) -> fx.GraphModule:
 
 
 def _out_of_place(gm: fx.GraphModule) -> None:
-    """Replace in-place modules and ops by their out-of-place forms (same values, inputs untouched)."""
+    """Make in-place modules and ops out-of-place where they would modify a tensor someone else
+    reads: a stage input (an activation handed in, perhaps perturbed or a leaf of autograd) or a
+    value with other users. In-place ops on a private intermediate (conv -> bn -> relu_) stay."""
+
+    def shared(node: fx.Node) -> bool:
+        value = node.args[0] if node.args else None
+        return isinstance(value, fx.Node) and (value.op == "placeholder" or len(value.users) > 1)
+
     for node in gm.graph.nodes:
+        if not shared(node):
+            continue
         if node.op == "call_module" and getattr(gm.get_submodule(node.target), "inplace", False):
             module = copy.copy(gm.get_submodule(node.target))
             module.inplace = False
@@ -167,7 +177,6 @@ def _target_nodes(gm: fx.GraphModule, layers: list[str]) -> list[fx.Node]:
 
 def _build_stages(gm: fx.GraphModule, layers: list[str]) -> list[fx.GraphModule]:
     targets = _target_nodes(gm, layers)
-    _out_of_place(gm)
     reach = [_descendants(t) for t in targets]
     nodes = [n for n in gm.graph.nodes if n.op not in ("output", "get_attr")]
     stage_of = {n: max((i + 1 for i, r in enumerate(reach) if n in r), default=0) for n in nodes}
@@ -204,7 +213,9 @@ def _build_stages(gm: fx.GraphModule, layers: list[str]) -> list[fx.GraphModule]
             graph.output(tuple(lookup(n) for n in carries[s]))
         else:
             graph.output(fx.map_arg(output.args[0], lookup))
-        stages.append(fx.GraphModule(gm, graph))
+        stage = fx.GraphModule(gm, graph)
+        _out_of_place(stage)
+        stages.append(stage)
     return stages
 
 
