@@ -593,7 +593,7 @@ def test_torchcam_smoothgradcampp_maps_the_last_noisy_sample():
 # ----------------------------------------------------------------------------------------------------
 
 
-def test_smoothgradcampp_is_seeded_and_runs_all_samples_in_one_batch():
+def test_smoothgradcampp_is_seeded_and_runs_the_noisy_copies_in_chunks_the_device_settled_on():
     model, images = net("resnet18")
     images = images[:2]
     batches, head, backward = [], [], []
@@ -605,9 +605,17 @@ def test_smoothgradcampp_is_seeded_and_runs_all_samples_in_one_batch():
     try:
         method = make_method("smoothgradcampp", model, "layer4", samples=5, seed=1)
         first = method.explain(images)
-        assert batches == [2, 10], "the clean batch, then all 5 noisy copies of both images in one batch"
-        # the clean pass only predicts: one backward pass in all, through the noisy batch (as declared: 5B)
-        assert head == [False, True] and backward == [10]
+        # nothing probed yet: the clean batch, then the 5 noisy copies of both images, a batch a pass
+        assert batches == [2, 2, 2, 2, 2, 2]
+        # the clean pass only predicts: one backward pass per noisy pass (as declared: 5B)
+        assert head == [False] + [True] * 5 and backward == [2] * 5
+        batches.clear()
+        method.engine.scorer.batch_size = 8  # a device whose full passes run best 8 rows at a time
+        chunked = make_method("smoothgradcampp", model, "layer4", samples=5, seed=1)
+        chunked.engine = method.engine
+        torch.testing.assert_close(chunked.explain(images).raw, first.raw, rtol=1e-5, atol=1e-6)
+        assert batches == [2, 8, 2]  # the same noise, 10 noisy rows in passes of 8 and 2
+        method.engine.scorer.batch_size = None
         second = method.explain(images)  # the method's generator advances from batch to batch
     finally:
         for handle in handles:

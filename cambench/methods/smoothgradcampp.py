@@ -9,8 +9,11 @@ n_i ~ N(0, sigma^2) in the model's input space (seeded):
     alpha = G_2 / (2 G_2 + sum_ab A(a, b) G_3 + eps),  0 where G_1 = 0
     w_k = sum_ij alpha ReLU(G_1),    L = ReLU(sum_k w_k A_k)
 
-All N copies of a batch go through the model in one pass. Defaults as TorchCAM (N = 4,
-sigma = 0.3); with sigma = 0 this is exactly Grad-CAM++. TorchCAM's SmoothGradCAMpp keeps the
+The N noisy copies of a batch are drawn at once (seeded) and go through the model in chunks of
+the size the scorer found fastest for full passes on this device (the caller's batch size until
+it has): on a GPU that is all copies in one pass, on a CPU a few images a pass, since a CPU's
+forward costs more per image at large batches. Defaults as TorchCAM (N = 4, sigma = 0.3); with
+sigma = 0 this is exactly Grad-CAM++. TorchCAM's SmoothGradCAMpp keeps the
 clean activations in alpha but the last noisy sample's activations and gradients in the map.
 Cost: (N + 1) forward passes (one clean, for the prediction, without autograd) and N backward
 passes.
@@ -48,11 +51,19 @@ class SmoothGradCAMPlusPlus(GradCAMPlusPlus):
         return super().forward(images, targets, gradients)
 
     def raw_map(self, fw: Forward) -> Tensor:
-        images, n = fw.images, self.samples
+        images, n, b = fw.images, self.samples, len(fw.images)
         noise = torch.randn((n, *images.shape), generator=self.generator(images.device), device=images.device)
-        noisy = (images[None] + self.sigma * noise).flatten(0, 1)  # sample-major: row s * B + b
-        smooth = super().forward(noisy, fw.targets.repeat(n), gradients=True)
-        activations = smooth.activations[-1].unflatten(0, (n, -1)).mean(0)
-        g = smooth.gradients[-1].unflatten(0, (n, -1))
-        weights = gradcampp_weights(activations, g.mean(0), (g**2).mean(0), (g**3).mean(0))
-        return weighted_sum(weights, activations)
+        noisy = (images[None] + self.sigma * noise).flatten(0, 1)  # row s * B + i: sample s of image i
+        owner = torch.arange(n * b, device=images.device) % b
+        # rows a pass: what the scorer found fastest for full passes on this device, else the caller's batch
+        chunk = self.engine.scorer.settled_chunk(None, tuple(images.shape[1:])) or b
+        sums = None  # per image: sum over samples of A, g, g^2, g^3
+        for rows in torch.arange(n * b, device=images.device).split(chunk):
+            part = super().forward(noisy[rows], fw.targets[owner[rows]], gradients=True)
+            a, g = part.activations[-1], part.gradients[-1]
+            stats = torch.stack([a, g, g**2, g**3])
+            if sums is None:
+                sums = stats.new_zeros((4, b, *stats.shape[2:]))
+            sums.index_add_(1, owner[rows], stats)
+        activations, g1, g2, g3 = sums / n
+        return weighted_sum(gradcampp_weights(activations, g1, g2, g3), activations)
