@@ -56,6 +56,14 @@ def test_target_layers_without_a_feature_map_fail_before_any_weights(arch, layer
         check_target_layers(arch, 10, [layer])
 
 
+def test_a_bad_target_layer_suggests_layers_that_output_feature_maps():
+    with pytest.raises(TargetLayerError) as err:
+        check_target_layers("resnet18", 10, ["fc"])  # avgpool (1 x 1) and fc (2-D) are not suggested
+    assert str(err.value).endswith("e.g. one of: layer3, layer3.0, layer3.1, layer4, layer4.0, layer4.1")
+    with pytest.raises(TargetLayerError, match=r"AuxLogits\.conv0 is not called in the model's forward pass"):
+        check_target_layers("inception_v3", 10, ["AuxLogits.conv0"])  # the auxiliary head runs in training only
+
+
 def test_architectures_that_cannot_be_built_on_meta_are_checked_on_the_cpu():
     assert check_target_layers("regnet_y_400mf", 10, ["trunk_output"]) == ["trunk_output"]
 

@@ -52,13 +52,17 @@ class CAM(CAMMethod):
     def check_model(cls, split: SplitModel) -> None:
         super().check_model(split)
         if linear_head(split) is None:
-            after = ", ".join(
-                n.meta.get("module_path", n.target)
-                if isinstance(n.target, str)
-                else getattr(n.target, "__name__", str(n.target))
-                for n in split.stages[-1].graph.nodes
-                if n.op in ("call_module", "call_function")
-            ) if split.mode == "fx" else "an untraceable model"
+            after = (
+                ", ".join(
+                    n.meta.get("module_path", n.target)
+                    if isinstance(n.target, str)
+                    else getattr(n.target, "__name__", str(n.target))
+                    for n in split.stages[-1].graph.nodes
+                    if n.op in ("call_module", "call_function")
+                )
+                if split.mode == "fx"
+                else "an untraceable model"
+            )
             raise MethodError(
                 f"cam needs global average pooling and one linear layer right after the target layer "
                 f"{split.layers[-1]} (as ResNet at layer4), but the model continues with: {after}. "

@@ -35,7 +35,7 @@ def default_target_layer(arch: str, model: nn.Module) -> str:
         return f"features.{len(model.features) - 1}"
     raise TargetLayerError(
         f"no default target layer for {arch!r}; set model.target_layer to a module path, "
-        f"for example one of: {', '.join(candidates(model)[-8:])}"
+        f"for example one of: {', '.join(feature_map_layers(model)[-8:])}"
     )
 
 
@@ -61,12 +61,32 @@ def resolve_target_layer(model: nn.Module, path: str) -> nn.Module:
 def check_feature_maps(model: nn.Module, paths: list[str]) -> None:
     """Every target layer must output a (N, C, H, W) feature map with spatial extent.
 
-    Run on the weightless skeleton with two input sizes before any download: a layer whose
-    output is not 4-D (a Linear layer, a transformer block), channels-last (Swin's (N, H, W, C):
-    its dim 1 follows the input size) or 1 x 1 fails with the reason. A model the meta device
-    cannot run is checked on the first batch instead.
+    Run on the weightless skeleton with two input sizes before any download: a layer that is not
+    called, or whose output is not 4-D (a Linear layer, a transformer block), channels-last
+    (Swin's (N, H, W, C): its dim 1 follows the input size) or 1 x 1 fails with the reason and
+    the layers that would do. A model the meta device cannot run is not checked here (its split
+    fails on the first batch instead).
     """
-    shapes: dict[str, list[tuple]] = {p: [] for p in paths}
+    problems = output_problems(model, list(dict.fromkeys([*paths, *candidates(model)])))
+    for path in paths:
+        if problems and (reason := problems[path]):
+            valid = [c for c, problem in problems.items() if c not in paths and problem is None]
+            raise TargetLayerError(
+                f"target layer {path} {reason}; CAM methods need a convolutional feature map (N, C, H, W). "
+                f"Choose a layer that outputs one, e.g. one of: {', '.join(valid[-6:]) or 'none at depth <= 2'}"
+            )
+
+
+def feature_map_layers(model: nn.Module) -> list[str]:
+    """The :func:`candidates` that output a feature map (all of them when the model cannot be probed)."""
+    problems = output_problems(model, candidates(model))
+    return [c for c, problem in problems.items() if problem is None] if problems else candidates(model)
+
+
+def output_problems(model: nn.Module, paths: list[str]) -> dict[str, str | None] | None:
+    """Per module path, why its output is no feature map (None when it is one), from forwards at
+    :data:`PROBE_SIZES` on the model's device; None when not even the first forward runs."""
+    shapes: dict[str, list[tuple | str]] = {p: [] for p in paths}
     handles = [
         model.get_submodule(p).register_forward_hook(
             lambda m, i, o, p=p: shapes[p].append(tuple(o.shape) if isinstance(o, torch.Tensor) else type(o).__name__)
@@ -81,21 +101,20 @@ def check_feature_maps(model: nn.Module, paths: list[str]) -> None:
                 model(torch.zeros(1, 3, size, size, device=device))
                 ran += 1
     except Exception as err:  # an op without a meta kernel, or a model of one input size
-        log.debug("meta-device shape check of %s stopped at %d sizes: %s", paths, ran, err)
+        log.debug("meta-device shape check stopped at %d sizes: %s", ran, err)
     finally:
         for h in handles:
             h.remove()
     if ran == 0:
-        return  # the first batch checks the shape instead
-    for path, seen in shapes.items():
+        return None
+
+    def problem(seen: list[tuple | str]) -> str | None:
         if not seen:
-            raise TargetLayerError(f"target layer {path} is not called in the model's forward pass; choose another")
-        problem = feature_map_problem(seen[0], seen[-1] if ran == len(PROBE_SIZES) else None)
-        if problem:
-            raise TargetLayerError(
-                f"target layer {path} outputs {problem}; CAM methods need a convolutional feature map (N, C, H, W). "
-                f"Choose a convolutional layer or block, e.g. one of: {', '.join(candidates(model)[-6:])}"
-            )
+            return "is not called in the model's forward pass"
+        found = feature_map_problem(seen[0], seen[-1] if ran == len(PROBE_SIZES) else None)
+        return found and f"outputs {found}"
+
+    return {path: problem(seen) for path, seen in shapes.items()}
 
 
 def feature_map_problem(first: tuple | str, second: tuple | str | None = None) -> str | None:

@@ -187,9 +187,7 @@ def _build_stages(gm: fx.GraphModule, layers: list[str]) -> list[fx.GraphModule]
         side = [
             n
             for n in nodes
-            if n is not target
-            and stage_of[n] <= i
-            and any(stage_of.get(u, len(targets) + 1) > i for u in n.users)
+            if n is not target and stage_of[n] <= i and any(stage_of.get(u, len(targets) + 1) > i for u in n.users)
         ]
         carries.append([target, *side])
 
