@@ -16,22 +16,27 @@ our method is first warmed up until the scorer's chunk probes have settled, as a
 batch. CUDA is synchronised around each call. Times are reported per image.
 
 A method's *limit* is its declared passes per image (``CAMOutput.passes``: F full forward passes,
-B backward passes through the layers after the target layer, T tail passes through those layers)
+B backward passes through the layers after the target layer, Bx backward passes through the whole
+model to the input, T tail passes through those layers)
 times the measured cost of one pass of each kind, at the same images and resolution:
 
     t_F  the model's forward pass under ``torch.inference_mode``, per image, in the row's block;
     t_B  ``split.forward(x, grad_from=0)`` and ``autograd.grad`` of the summed target logits with
          respect to the target activation, minus t_F, per image, in the row's block;
+    t_Bx the model's forward pass and ``autograd.grad`` of the summed target logits with respect
+         to the input, minus t_F, per image, in the row's block (methods that optimise an input
+         mask or propagate relevance to the input);
     t_T  ``split.tail(0, rows)`` per row, on a chunk of repeated carries of the size the scorer
          settled on for tail rows;
-    limit = F t_F + B t_B + T t_T.
+    limit = F t_F + B t_B + Bx t_Bx + T t_T.
 
-Rows of methods with thousands of full forward passes per image (Score-CAM: 1 + K; and
-Ablation-CAM, whose pytorch-grad-cam peer runs the layers before the target layer K times) use
-reduced settings, marked with a dagger: ``--slow-images`` images at ``--slow-image-size`` px
-(default 224 for resnet18, 112 for the others, meant to keep the default run within about 15
-minutes on 2 CPU cores) and ``--slow-repeats`` repeats. Their limit, forward pass and peers are timed at those
-settings too.
+Rows of methods with more than 16 forward-pass equivalents per image (a backward pass to the
+input counts as two; Score-CAM: 1 + K; and Ablation-CAM, whose pytorch-grad-cam peer runs the
+layers before the target layer K times) use reduced settings, marked with a dagger:
+``--slow-images`` images at ``--slow-image-size`` px (default 224 for resnet18, 112 for the
+others) and ``--slow-repeats`` repeats. Rows with more than 2000 (SS-CAM: 35 K, IS-CAM: 10 K,
+Poly-CAM at ResNet-50) run one call on one image at 64 px (resnet18) or 32 px (others), marked
+with a double dagger. Their limit, forward pass and peers are timed at those settings too.
 
 Peers are used as documented: pytorch-grad-cam ``cam(input_tensor=x, targets=[ClassifierOutputTarget(c)])``
 (progress bars silenced); TorchCAM: a forward pass of the model on the batch (grad-enabled for the
@@ -49,11 +54,13 @@ import argparse
 import contextlib
 import importlib.metadata
 import io
+import json
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TypeVar
 
 import torch
@@ -67,25 +74,29 @@ from cambench.models.engine import Engine, Passes
 from cambench.models.layers import default_target_layer
 from cambench.models.scorer import Scorer
 from cambench.models.split import Carry, split_model
+from cambench.results.method_table import BENCH_RECORD, README, TABLE_MODEL, method_table, readme_with_table
 
 R = TypeVar("R")
 
 PGC, TORCHCAM = "pytorch-grad-cam", "TorchCAM"
 PACKAGES = {PGC: ("pytorch_grad_cam", "grad-cam"), TORCHCAM: ("torchcam", "torchcam")}
-SLOW_FORWARDS = 16  # a method with more full forward passes per image than this runs at reduced settings
+SLOW_FORWARDS = 16  # a method with more forward-pass equivalents per image than this runs at reduced settings
 SLOW_IMAGE_SIZE = {"resnet18": 224}  # default --slow-image-size per architecture; others: DEFAULT_SLOW_SIZE
 DEFAULT_SLOW_SIZE = 112
+SLOWER_FORWARDS = 2000  # more than this (SS-CAM: 35 K, IS-CAM: 10 K): one image at SLOWER_IMAGE_SIZE, one round
+SLOWER_IMAGE_SIZE = {"resnet18": 64}  # others: DEFAULT_SLOWER_SIZE
+DEFAULT_SLOWER_SIZE = 32
 TABLE_K, TABLE_HW = 2048, 49  # ResNet-50 at layer4, 224 px: the passes column of the Markdown table
 SINGLE_PASS_GRADIENT = ("gradcam", "gradcampp", "xgradcam", "hirescam", "layercam")
 TARGET_FORWARD, TARGET_LIMIT, TARGET_ABLATION = 1.1, 1.25, 50.0
-MARK = "†"  # rows timed at reduced settings
+MARK, MARK_SLOWER = "†", "‡"  # rows timed at reduced settings
 
 
 @dataclass(frozen=True)
 class Peer:
     library: str  # PGC or TORCHCAM
     name: str  # the class in the library
-    slow: bool = False  # about K full forward passes per image: the row runs at reduced settings
+    slow: bool = False  # about K full forward passes per image: the row runs at reduced settings or slower
 
 
 PEERS: dict[str, tuple[Peer, ...]] = {
@@ -100,6 +111,8 @@ PEERS: dict[str, tuple[Peer, ...]] = {
     "randomcam": (Peer(PGC, "RandomCAM"),),
     "scorecam": (Peer(PGC, "ScoreCAM", slow=True), Peer(TORCHCAM, "ScoreCAM", slow=True)),
     "ablationcam": (Peer(PGC, "AblationCAM", slow=True),),
+    "sscam": (Peer(TORCHCAM, "SSCAM", slow=True),),
+    "iscam": (Peer(TORCHCAM, "ISCAM", slow=True),),
 }
 TORCHCAM_USES_SCORES = {"GradCAM", "GradCAMpp", "XGradCAM", "LayerCAM"}  # need the grad-enabled logits
 
@@ -108,10 +121,10 @@ TORCHCAM_USES_SCORES = {"GradCAM", "GradCAMpp", "XGradCAM", "LayerCAM"}  # need 
 class Setting:
     images: int
     size: int
-    reduced: bool
+    mark: str = ""  # "", MARK or MARK_SLOWER: reduced settings
 
     def __str__(self) -> str:
-        return f"{self.images}x{self.size}{MARK if self.reduced else ''}"
+        return f"{self.images}x{self.size}{self.mark}"
 
 
 @dataclass
@@ -131,6 +144,7 @@ class Row:
     limit: float | None = None  # per image
     forward: float | None = None  # t_F per image, timed in the row's block
     backward: float | None = None  # t_B per image, timed in the row's block
+    input_backward: float | None = None  # t_Bx per image, timed in the row's block
     tail_chunk: str = ""
     peers: dict[str, float] = field(default_factory=dict)  # library -> seconds per image
     errors: list[str] = field(default_factory=list)
@@ -161,16 +175,19 @@ def best_seconds(fn: Callable[[], R], repeats: int, device: torch.device) -> tup
 PAUSE = 0.25  # seconds between two timed calls
 
 
-def interleaved(fns: dict[str, Callable[[], R]], repeats: int, device: torch.device) -> dict[str, tuple[float, R]]:
+def interleaved(
+    fns: dict[str, Callable[[], R]], repeats: int, device: torch.device, warmup: bool = True
+) -> dict[str, tuple[float, R]]:
     """Fastest wall time of each function and its last result, timed round-robin (one warm-up call
-    each first): ratios between them are measured under the same conditions, in one run. The
-    fastest round, not the median: on a shared virtual machine the host steals CPU in bursts.
+    each first, unless ``warmup`` is False: calls of a minute or more): ratios between them are
+    measured under the same conditions, in one run. The fastest round, not the median: on a shared
+    virtual machine the host steals CPU in bursts.
 
     Each call starts after a pause of ``PAUSE`` seconds: the thread pools of the previous call
     (numpy's OpenBLAS after pytorch-grad-cam's SVD, OpenMP after torch) spin for a while after
     returning and would slow whichever function runs next (ours after pytorch-grad-cam's EigenCAM
     measured 34.7 ms/image without the pause, 27.5 with it; the model's forward alone 27.7)."""
-    results = {name: fn() for name, fn in fns.items()}
+    results = {name: fn() for name, fn in fns.items()} if warmup else {}
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
@@ -186,13 +203,14 @@ def interleaved(fns: dict[str, Callable[[], R]], repeats: int, device: torch.dev
 class ModelBench:
     """One model, split at its default target layer, with the engine a run would build."""
 
-    def __init__(self, arch: str, device: torch.device):
+    def __init__(self, arch: str, device: torch.device, layers: list[str] | None = None):
         torch.manual_seed(0)
         model = torchvision.models.get_model(arch, num_classes=1000).eval()
         self.model = model.to(device=device, memory_format=torch.channels_last)
         self.arch, self.device = arch, device
-        self.layer = default_target_layer(arch, self.model)
-        split = split_model(self.model, [self.layer])
+        self.layers = layers or [default_target_layer(arch, self.model)]
+        self.layer = self.layers[-1]
+        split = split_model(self.model, self.layers)
         self.engine = Engine(split, Scorer(split, None, None, torch.channels_last), Preprocessing())
         self.split = split
         self._inputs: dict[Setting, Inputs] = {}
@@ -206,7 +224,7 @@ class ModelBench:
             images = images.to(self.device).contiguous(memory_format=torch.channels_last)
             with torch.no_grad():  # not inference_mode: the targets are indices autograd may save
                 carries, logits = self.split.forward(images)
-            self._inputs[setting] = Inputs(images, logits.argmax(1), carries[0])
+            self._inputs[setting] = Inputs(images, logits.argmax(1), carries[-1])
         return self._inputs[setting]
 
     def shape(self, setting: Setting) -> tuple[int, int]:
@@ -241,13 +259,14 @@ class ModelBench:
 
         def tail() -> None:
             with torch.no_grad():
-                self.split.tail(0, rows)
+                self.split.tail(len(self.layers) - 1, rows)
 
         return best_seconds(tail, repeats, self.device)[0] / chunk
 
     def forward_fns(self, setting: Setting) -> dict[str, Callable[[], object]]:
         """The passes a limit is made of, to time in the same block as the method: the model's own
-        forward pass, and a forward pass with the backward pass after the target layer."""
+        forward pass, a forward pass with the backward pass after the target layer, and one with
+        the backward pass through the whole model to the input."""
         inputs = self.inputs(setting)
         images, targets = inputs.images, inputs.targets
 
@@ -261,7 +280,17 @@ class ModelBench:
                 score = logits.float().gather(1, targets[:, None]).sum()
                 torch.autograd.grad(score, [carries[0][0]])
 
-        return {"forward": forward, "forward+backward": forward_backward}
+        def forward_input_backward() -> None:
+            with torch.inference_mode(False), torch.enable_grad():
+                x = images.clone().requires_grad_(True)
+                score = self.model(x).float().gather(1, targets[:, None]).sum()
+                torch.autograd.grad(score, [x])
+
+        return {
+            "forward": forward,
+            "forward+backward": forward_backward,
+            "forward+input_backward": forward_input_backward,
+        }
 
     def tail_chunk(self, setting: Setting) -> tuple[int, str]:
         """The chunk size the scorer settled on for tail rows at this setting, and how it was found."""
@@ -273,11 +302,11 @@ class ModelBench:
             return probe.size, "probe not settled"
         return probe.best, "probed"
 
-    def limit(
-        self, setting: Setting, passes: Passes, t_forward: float, t_backward: float, repeats: int
-    ) -> tuple[float, str]:
-        """F t_F + B t_B + T t_T per image, and the tail chunk used."""
-        limit = passes.forward * t_forward + passes.backward * t_backward
+    def limit(self, setting: Setting, row: Row, repeats: int) -> tuple[float, str]:
+        """F t_F + B t_B + Bx t_Bx + T t_T per image, and the tail chunk used."""
+        passes = row.passes
+        limit = passes.forward * row.forward + passes.backward * row.backward
+        limit += passes.input_backward * row.input_backward
         chunk_note = ""
         if passes.tail:
             chunk, how = self.tail_chunk(setting)
@@ -380,6 +409,7 @@ def bench_row(
     setting: Setting,
     repeats: int,
     peers: dict[str, str | None],
+    warmup: bool = True,
 ) -> Row:
     row = Row(name, bench.arch, setting)
     inputs = bench.inputs(setting)
@@ -391,19 +421,24 @@ def bench_row(
     fns: dict[str, Callable[[], object]] = {"ours": lambda: method.explain(inputs.images, inputs.targets)}
     passes = bench.forward_fns(setting)
     fns["forward"] = passes["forward"]
-    if row.passes.backward:
-        fns["forward+backward"] = passes["forward+backward"]
+    for kind in ("backward", "input_backward"):
+        if getattr(row.passes, kind):
+            fns[f"forward+{kind}"] = passes[f"forward+{kind}"]
     for peer in PEERS.get(name, ()):
         if peers[peer.library] is not None:
             fns[peer.library] = peer_call(peer, bench.model, bench.layer, inputs)
     try:
-        times = {key: seconds / setting.images for key, (seconds, _) in interleaved(fns, repeats, bench.device).items()}
+        times = {
+            key: seconds / setting.images
+            for key, (seconds, _) in interleaved(fns, repeats, bench.device, warmup).items()
+        }
     except Exception as err:
         row.errors.append(f"{name} block: {type(err).__name__}: {str(err).splitlines()[0]}")
         return row
     row.seconds, row.forward = times["ours"], times["forward"]
     row.backward = max(times.get("forward+backward", times["forward"]) - times["forward"], 0.0)
-    row.limit, row.tail_chunk = bench.limit(setting, row.passes, row.forward, row.backward, repeats)
+    row.input_backward = max(times.get("forward+input_backward", times["forward"]) - times["forward"], 0.0)
+    row.limit, row.tail_chunk = bench.limit(setting, row, repeats)
     row.peers = {library: times[library] for library in PACKAGES if library in times}
     return row
 
@@ -436,42 +471,39 @@ def row_line(row: Row) -> str:
     )
 
 
-def markdown(rows: list[Row], methods: dict[str, CAMMethod], models: list[str], notes: list[str]) -> str:
-    cells = [
-        "Method",
-        "Paper",
-        "Gradient-free",
-        "Declared cost",
-        f"Passes (ResNet-50, 224 px: K={TABLE_K}, hw={TABLE_HW})",
-    ]
-    for model in models:
-        cells += [f"s/image ({model})", f"× own limit ({model})", f"vs faster peer ({model})"]
-    lines = ["| " + " | ".join(cells) + " |", "|" + "---|" * len(cells)]
-    by_key = {(r.method, r.model): r for r in rows}
-    for name, method in methods.items():
-        cls = type(method)
-        cells = [
-            f"`{name}`",
-            cls.paper,
-            "no" if cls.needs_gradients else "yes",
-            cls.cost,
-            method.passes(TABLE_K, TABLE_HW).formula(),
-        ]
-        for model in models:
-            row = by_key.get((name, model))
-            if row is None or row.seconds is None:
-                cells += ["-", "-", "-"]
-                continue
-            mark = MARK if row.setting.reduced else ""
-            faster = row.faster_peer()
-            cells += [
-                f"{seconds_str(row.seconds)}{mark}",
-                fmt(row.seconds / row.limit if row.limit else None, suffix="×"),
-                "-" if faster is None else f"{faster[1]:.2f}× ({faster[0]})",
-            ]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", *notes]
-    return "\n".join(lines)
+def describe(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU, {torch.get_num_threads()} threads"
+
+
+def record(rows: list[Row], methods: dict[str, CAMMethod], models: list[str], notes: list[str], device: str) -> dict:
+    """What ``--save`` writes and the README's method table is generated from."""
+    return {
+        "command": "python " + " ".join(sys.argv),
+        "date": time.strftime("%Y-%m-%d"),
+        "device": device,
+        "torch": torch.__version__,
+        "peers": {lib: available(lib) for lib in PACKAGES},
+        "models": models,
+        "notes": notes,
+        "passes": {name: method.passes(TABLE_K, TABLE_HW).formula() for name, method in methods.items()},
+        "rows": [
+            {
+                "method": r.method,
+                "model": r.model,
+                "images": r.setting.images,
+                "size": r.setting.size,
+                "mark": r.setting.mark,
+                "seconds": r.seconds,
+                "limit": r.limit,
+                "forward": r.forward,
+                "peers": r.peers,
+                "passes": r.passes.formula() if r.passes else None,
+            }
+            for r in rows
+        ],
+    }
 
 
 def check_targets(rows: list[Row]) -> list[str]:
@@ -528,7 +560,9 @@ def main() -> None:
     )
     parser.add_argument("--slow-repeats", type=int, default=2, help="repeats of the reduced rows")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--markdown", action="store_true", help="also print a Markdown table for the README")
+    parser.add_argument("--markdown", action="store_true", help="also print the README's method table")
+    parser.add_argument("--save", type=Path, help=f"write the measurements as JSON (the README's: {BENCH_RECORD})")
+    parser.add_argument("--write-readme", action="store_true", help="write the method table into README.md")
     args = parser.parse_args()
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
@@ -544,35 +578,49 @@ def main() -> None:
 
     rows: list[Row] = []
     instances: dict[str, CAMMethod] = {}
-    notes = [f"{MARK}: reduced settings (rows with about K full forward passes per image, here or in a peer):"]
+    notes = [
+        f"{MARK}, {MARK_SLOWER}: reduced settings (rows with more than {SLOW_FORWARDS}, or more than "
+        f"{SLOWER_FORWARDS}, forward-pass equivalents per image, here or in a peer; a backward pass to the input "
+        "counts as two):"
+    ]
     for arch in args.models:
         bench = ModelBench(arch, device)
-        normal = Setting(args.batch_size, args.image_size, reduced=False)
+        normal = Setting(args.batch_size, args.image_size)
         slow_size = args.slow_image_size or SLOW_IMAGE_SIZE.get(arch, DEFAULT_SLOW_SIZE)
-        slow = Setting(args.slow_images, slow_size, reduced=True)
-        k, hw = bench.shape(normal)
+        slow = Setting(args.slow_images, slow_size, MARK)
+        slower = Setting(1, SLOWER_IMAGE_SIZE.get(arch, DEFAULT_SLOWER_SIZE), MARK_SLOWER)
+        k = bench.shape(normal)[0]
         print(
             f"\n{arch} at {bench.layer} (K={k}, {bench.split.mode} split), {normal.images} images at {normal.size} px, "
-            f"reduced rows ({MARK}) {slow.images} at {slow.size} px",
+            f"reduced rows {slow}, {slower}",
             flush=True,
         )
         notes.append(
-            f"{arch}: {slow.images} image(s) at {slow.size} px, best of {args.slow_repeats} "
-            f"(others: {normal.images} at {normal.size} px, best of {args.repeats})"
+            f"{arch}: {MARK} {slow.images} image(s) at {slow.size} px, best of {args.slow_repeats}; "
+            f"{MARK_SLOWER} 1 image at {slower.size} px, one call; "
+            f"others: {normal.images} at {normal.size} px, best of {args.repeats}"
         )
         print(HEADER, flush=True)
         for name in args.methods:
+            layers = METHODS[name].default_layers(arch, bench.model)
+            here = bench if layers is None else ModelBench(arch, device, layers)
             try:
-                method = build_method(name, bench.engine)
+                method = build_method(name, here.engine)
             except Exception as err:
                 rows.append(Row(name, arch, normal, errors=[f"cambench {name}: {type(err).__name__}: {err}"]))
                 print(f"{name:16s} cannot run: {err}", flush=True)
                 continue
-            instances.setdefault(name, method)
-            forwards = bench.engine.actual_passes(method.passes(k, hw)).forward
-            reduced = forwards > SLOW_FORWARDS or any(p.slow for p in PEERS.get(name, ()))
-            setting, repeats = (slow, args.slow_repeats) if reduced else (normal, args.repeats)
-            row = bench_row(bench, name, method, setting, repeats, peers)
+            if arch == TABLE_MODEL or name not in instances:  # the passes column is ResNet-50's
+                instances[name] = method
+            passes = here.engine.actual_passes(method.passes(*here.shape(normal)))
+            forwards = passes.forward + 2 * passes.input_backward
+            if forwards > SLOWER_FORWARDS:
+                setting, repeats = slower, 1
+            elif forwards > SLOW_FORWARDS or any(p.slow for p in PEERS.get(name, ())):
+                setting, repeats = slow, args.slow_repeats
+            else:
+                setting, repeats = normal, args.repeats
+            row = bench_row(here, name, method, setting, repeats, peers, warmup=setting is not slower)
             rows.append(row)
             print(row_line(row), flush=True)
             for error in row.errors:
@@ -588,9 +636,17 @@ def main() -> None:
             if row.model == arch and row.tail_chunk:
                 print(f"  t_T for {row.method} at chunks of {row.tail_chunk}", flush=True)
 
+    saved = record(rows, instances, args.models, notes, describe(device))
+    if args.save:
+        args.save.parent.mkdir(parents=True, exist_ok=True)
+        args.save.write_text(json.dumps(saved, indent=1) + "\n")
+        print(f"\nsaved to {args.save}")
+    if args.write_readme:
+        README.write_text(readme_with_table(README.read_text(), method_table(saved)))
+        print(f"wrote the method table to {README}")
     if args.markdown:
         print()
-        print(markdown(rows, instances, args.models, notes))
+        print(method_table(saved))
     print()
     print("\n".join(check_targets(rows)))
     errors = [e for r in rows for e in r.errors]

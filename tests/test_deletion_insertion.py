@@ -8,15 +8,14 @@ import torch
 from scipy.ndimage import correlate, gaussian_filter
 from torch import nn
 
+from cambench.data.blur import gaussian_blur, rise_kernel
 from cambench.data.preprocessing import Preprocessing
 from cambench.metrics import MetricContext, MetricError, MetricInput, build_metric
 from cambench.metrics.deletion_insertion import (
     auc,
     deletion_insertion,
-    gaussian_blur,
     perturbation_curve,
     pixel_ranks,
-    rise_kernel,
     step_counts,
 )
 from cambench.models.engine import Engine, Passes

@@ -26,6 +26,8 @@ from cambench.models.scorer import take_rows
 @register("ablationcam")
 class AblationCAM(CAMMethod):
     paper = "Desai and Ramaswamy, WACV 2020"
+    summary = "Ablation-CAM: w_k = (y_c - y_c^(k)) / |y_c|; all-zero channels skipped"
+    checked = "formula (pytorch-grad-cam deviates)"
     cost = "1F + K T"
 
     def passes(self, channels: int, positions: int) -> Passes:

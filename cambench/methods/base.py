@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from cambench.device import autocast
 from cambench.models.engine import Engine, Passes
@@ -115,8 +115,11 @@ class CAMMethod:
 
     name: ClassVar[str] = ""
     paper: ClassVar[str] = ""  # short citation, for the method table
+    summary: ClassVar[str] = ""  # the method's name and formula in one line, for the method table
+    checked: ClassVar[str] = ""  # what the tests check it against (peers, authors' code, formula)
     cost: ClassVar[str] = "1F"  # declared cost per image (K channels, hw positions, hyper-parameters)
-    needs_gradients: ClassVar[bool] = False
+    needs_gradients: ClassVar[bool] = False  # d y_c / d A at the target layers (a backward pass after them)
+    needs_input_gradients: ClassVar[bool] = False  # a backward pass through the whole model (optimisation, LRP)
     multi_layer: ClassVar[bool] = False  # accepts several target layers
     score: ClassVar[str] = "logit"  # what y_c is: logit | probability
 
@@ -142,6 +145,12 @@ class CAMMethod:
                 f"method {cls.name} takes one target layer, got {len(split.layers)} ({', '.join(split.layers)}); "
                 "set model.target_layer to one module path"
             )
+
+    @classmethod
+    def default_layers(cls, arch: str, model: nn.Module) -> list[str] | None:
+        """The target layers this method uses on ``arch`` when ``model.target_layer`` is not set
+        (``model`` is the weightless skeleton); None: the model's default target layer."""
+        return None
 
     def passes(self, channels: int, positions: int) -> Passes:
         """Declared passes per image for K = ``channels`` and hw = ``positions`` at the (last) target layer."""

@@ -47,6 +47,8 @@ def linear_head(split: SplitModel) -> nn.Linear | None:
 @register("cam")
 class CAM(CAMMethod):
     paper = "Zhou et al., CVPR 2016"
+    summary = "CAM: w_k = W_ck of the linear head (GAP + one linear layer only)"
+    checked = "TorchCAM"
 
     @classmethod
     def check_model(cls, split: SplitModel) -> None:

@@ -18,6 +18,8 @@ from cambench.methods.base import CAMMethod, Forward, MethodError, register
 @register("centercam")
 class CenterCAM(CAMMethod):
     paper = "baseline (centred Gaussian)"
+    summary = "Center-CAM: centred Gaussian (sigma relative to the image side)"
+    checked = "formula"
 
     def __init__(self, engine, sigma: float = 0.25):
         super().__init__(engine)

@@ -15,6 +15,8 @@ from cambench.methods.base import CAMMethod, Forward, register
 @register("dummycam")
 class DummyCAM(CAMMethod):
     paper = "baseline (channel mean)"
+    summary = "Dummy-CAM: mean of the channels"
+    checked = "formula"
 
     def raw_map(self, fw: Forward) -> Tensor:
         return fw.activations[-1].mean(1)

@@ -30,6 +30,8 @@ def sobel_magnitude(gray: Tensor) -> Tensor:
 @register("edgecam")
 class EdgeCAM(CAMMethod):
     paper = "baseline (Sobel edges)"
+    summary = "Edge-CAM: Sobel edge magnitude of the image"
+    checked = "formula"
 
     def raw_map(self, fw: Forward) -> Tensor:
         pixels = self.engine.preprocessing.to_pixels(fw.images.float())

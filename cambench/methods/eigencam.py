@@ -43,6 +43,8 @@ def first_component(activations: Tensor) -> Tensor:
 @register("eigencam")
 class EigenCAM(CAMMethod):
     paper = "Muhammad and Yeasin, IJCNN 2020"
+    summary = "Eigen-CAM: first principal component of A, sign fixed"
+    checked = "pytorch-grad-cam (up to its sign)"
 
     def raw_map(self, fw: Forward) -> Tensor:
         return first_component(fw.activations[-1])

@@ -20,6 +20,8 @@ from cambench.methods.base import CAMMethod, Forward, register
 @register("fakecam")
 class FakeCAM(CAMMethod):
     paper = "Poppi et al., CVPRW 2021"
+    summary = "Fake-CAM: ones, pixel (0, 0) = 0, at input resolution"
+    checked = "formula"
 
     def raw_map(self, fw: Forward) -> Tensor:
         b, _, h, w = fw.images.shape

@@ -16,6 +16,8 @@ from cambench.methods.base import GradientMethod, register, weighted_sum
 @register("gradcam")
 class GradCAM(GradientMethod):
     paper = "Selvaraju et al., ICCV 2017"
+    summary = "Grad-CAM: w_k = mean_ij g_k, L = ReLU(sum_k w_k A_k)"
+    checked = "pytorch-grad-cam, TorchCAM"
 
     def cam(self, activations: Tensor, gradients: Tensor) -> Tensor:
         return weighted_sum(gradients.mean(dim=(2, 3)), activations)

@@ -30,6 +30,8 @@ def gradcampp_weights(activations: Tensor, g1: Tensor, g2: Tensor, g3: Tensor) -
 @register("gradcampp")
 class GradCAMPlusPlus(GradientMethod):
     paper = "Chattopadhay et al., WACV 2018"
+    summary = "Grad-CAM++: w_k = sum_ij alpha ReLU(g_k), alpha from g^2, g^3 (eq. 19)"
+    checked = "pytorch-grad-cam (TorchCAM's alpha is wrong: see the tests)"
 
     def cam(self, activations: Tensor, gradients: Tensor) -> Tensor:
         weights = gradcampp_weights(activations, gradients, gradients**2, gradients**3)

@@ -14,6 +14,8 @@ from cambench.methods.base import GradientMethod, register
 @register("hirescam")
 class HiResCAM(GradientMethod):
     paper = "Draelos and Carin, arXiv 2020"
+    summary = "HiRes-CAM: L = ReLU(sum_k g_k * A_k)"
+    checked = "pytorch-grad-cam"
 
     def cam(self, activations: Tensor, gradients: Tensor) -> Tensor:
         return (gradients * activations).sum(1)

@@ -22,6 +22,8 @@ from cambench.methods.base import Forward, GradientMethod, register, upsample
 @register("layercam")
 class LayerCAM(GradientMethod):
     paper = "Jiang et al., IEEE TIP 2021"
+    summary = "LayerCAM: L = ReLU(sum_k ReLU(g_k) * A_k); several layers fused (tanh scaling, max)"
+    checked = "pytorch-grad-cam, TorchCAM (one layer)"
     multi_layer = True
 
     def __init__(self, engine, gamma: float = 2.0):

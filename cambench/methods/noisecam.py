@@ -16,6 +16,8 @@ from cambench.methods.base import CAMMethod, Forward, register
 @register("noisecam")
 class NoiseCAM(CAMMethod):
     paper = "baseline (uniform noise)"
+    summary = "Noise-CAM: uniform noise, seeded"
+    checked = "formula"
 
     def raw_map(self, fw: Forward) -> Tensor:
         b, _, h, w = fw.images.shape

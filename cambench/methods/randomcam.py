@@ -16,6 +16,8 @@ from cambench.methods.base import CAMMethod, Forward, register, weighted_sum
 @register("randomcam")
 class RandomCAM(CAMMethod):
     paper = "baseline (random weights)"
+    summary = "Random-CAM: random channel weights U(-1, 1), seeded"
+    checked = "formula"
 
     def raw_map(self, fw: Forward) -> Tensor:
         a = fw.activations[-1]

@@ -38,6 +38,8 @@ def position_masks(h: int, w: int, kernel: str, device: torch.device) -> Tensor:
 @register("reciprocam")
 class ReciproCAM(CAMMethod):
     paper = "Byun and Lee, arXiv 2022"
+    summary = "Recipro-CAM (authors' code): L(i, j) = p_c(tail(A kept at (i, j)))"
+    checked = "formula"
     cost = "1F + hw T"
     score = "probability"
 

@@ -32,6 +32,8 @@ from cambench.models.engine import Passes
 @register("smoothgradcampp")
 class SmoothGradCAMPlusPlus(GradCAMPlusPlus):
     paper = "Omeiza et al., IntelliSys 2019"
+    summary = "Smooth Grad-CAM++: Grad-CAM++ on A and g^p averaged over N noisy inputs"
+    checked = "equals Grad-CAM++ (so pytorch-grad-cam) at sigma = 0; TorchCAM deviates"
     cost = "(N + 1)F + N B"
 
     def __init__(self, engine, samples: int = 4, sigma: float = 0.3):

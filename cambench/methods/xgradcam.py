@@ -18,6 +18,8 @@ EPS = 1e-7
 @register("xgradcam")
 class XGradCAM(GradientMethod):
     paper = "Fu et al., BMVC 2020"
+    summary = "XGrad-CAM: w_k = sum_ij g_k A_k / sum_ij A_k"
+    checked = "pytorch-grad-cam, TorchCAM"
 
     def cam(self, activations: Tensor, gradients: Tensor) -> Tensor:
         weights = (gradients * activations).sum(dim=(2, 3)) / (activations.sum(dim=(2, 3)) + EPS)

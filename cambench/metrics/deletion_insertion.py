@@ -20,32 +20,11 @@ every image are built chunk by chunk and scored by the run's scorer.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from cambench.data.blur import gaussian_blur
 from cambench.metrics.base import Metric, MetricContext, MetricError, MetricInput, register
 from cambench.models.scorer import Scorer, expand_rows, owners
-
-
-def rise_kernel(size: int = 11, sigma: float = 5.0, truncate: float = 4.0) -> Tensor:
-    """RISE's ``gkern(size, sigma)``: scipy's gaussian_filter (mode ``reflect``) of a size x size delta."""
-    radius = int(truncate * sigma + 0.5)
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    weights = torch.exp(-(offsets**2) / (2 * sigma**2))
-    weights /= weights.sum()
-    source = torch.arange(size)[:, None] + offsets.long()[None, :]  # index each weight reads, per output
-    source %= 2 * size  # scipy's "reflect": d c b a | a b c d | d c b a
-    source = torch.where(source >= size, 2 * size - 1 - source, source)
-    k = (weights * (source == size // 2)).sum(1)
-    return k[:, None] * k[None, :]
-
-
-def gaussian_blur(images: Tensor, kernel_size: int = 11, sigma: float = 5.0) -> Tensor:
-    """Per-channel blur with RISE's kernel and zero padding, as its substrate function."""
-    channels = images.shape[1]
-    kernel = rise_kernel(kernel_size, sigma).to(images.dtype).to(images.device)
-    weight = kernel.expand(channels, 1, kernel_size, kernel_size)
-    return F.conv2d(images, weight, padding=kernel_size // 2, groups=channels)
 
 
 def pixel_ranks(saliency: Tensor, generator: torch.Generator | None = None) -> Tensor:

@@ -4,6 +4,7 @@ mixed precision and the seed. Built once per run."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -17,17 +18,27 @@ from cambench.models.split import SplitModel
 class Passes:
     """Declared cost of a method per image, in passes of each kind.
 
-    forward: full forward passes; backward: backward passes through the layers after the target
-    layer (never before it); tail: forward passes through the layers after the target layer only.
+    forward (F): full forward passes; backward (B): backward passes through the layers after the
+    target layer (never before it); tail (T): forward passes through the layers after the target
+    layer only; input_backward (Bx): backward passes through the whole model, down to the input
+    (methods that optimise or propagate to the pixels).
     """
 
     forward: float = 0.0
     backward: float = 0.0
     tail: float = 0.0
+    input_backward: float = 0.0
+
+    SYMBOLS: ClassVar[dict[str, str]] = {"forward": "F", "backward": "B", "tail": "T", "input_backward": "Bx"}
 
     def formula(self) -> str:
-        parts = [f"{v:g}{k}" for k, v in (("F", self.forward), ("B", self.backward), ("T", self.tail)) if v]
+        parts = [f"{getattr(self, k):g}{symbol}" for k, symbol in self.SYMBOLS.items() if getattr(self, k)]
         return " + ".join(parts) or "0"
+
+    @classmethod
+    def columns(cls) -> list[str]:
+        """Names of the per-image row columns that carry the passes."""
+        return [f"passes_{k}" for k in cls.SYMBOLS]
 
 
 @dataclass

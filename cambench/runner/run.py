@@ -32,7 +32,7 @@ from cambench.device import AUTOCAST_DTYPES, resolve_device
 from cambench.methods import METHODS, build_method
 from cambench.metrics import METRICS, MetricContext, MetricInput, build_metric, missing_capabilities
 from cambench.models.build import build_model, check_target_layers, skeleton
-from cambench.models.engine import Engine
+from cambench.models.engine import Engine, Passes
 from cambench.models.scorer import Scorer
 from cambench.models.split import split_model
 from cambench.results.summary import summarise
@@ -59,8 +59,11 @@ def preflight(cfg: DictConfig) -> list[str]:
     """Check what can be checked without weights; returns the target layers."""
     spec = DATASETS[cfg.dataset.name]
     num_classes = spec.num_classes(cfg.dataset)
-    layers = check_target_layers(cfg.model.name, num_classes, target_layers(cfg.model.target_layer))
     method = METHODS[cfg.method.name]
+    layers = target_layers(cfg.model.target_layer)
+    if layers is None:
+        layers = method.default_layers(cfg.model.name, skeleton(cfg.model.name, num_classes))
+    layers = check_target_layers(cfg.model.name, num_classes, layers)
     method.check_model(split_model(skeleton(cfg.model.name, num_classes), layers))
     capabilities = {"masks"} if spec.has_masks(cfg.dataset) else set()
     if method.needs_gradients:
@@ -176,8 +179,7 @@ def run(cfg: DictConfig, out_dir: Path) -> RunResult:
 
     rows = writer.rows()
     names = [name for m in metrics.values() for name in m.names]
-    costs = ["seconds_method", *(f"seconds_{name}" for name in metrics), "passes_forward", "passes_backward"]
-    costs += ["passes_tail", "peak_memory_mb"]
+    costs = ["seconds_method", *(f"seconds_{name}" for name in metrics), *Passes.columns(), "peak_memory_mb"]
     summary = summarise(rows, names + costs, rc.bootstrap, rc.seed)
     seconds = time.perf_counter() - start
     writer.finish(
