@@ -19,6 +19,16 @@ MODELS = {"resnet18": "reference", "vgg11_bn": "random", "mobilenet_v3_small": "
 SIZES = {"resnet18": 64, "vgg11_bn": 48, "mobilenet_v3_small": 48}
 RUNS = ((4, 4), (1, 2))  # (batch size, images)
 HEAD_ONLY = {"cam": {"resnet18"}}  # CAM needs a linear head: VGG and MobileNetV3 fail at start
+# Hyper-parameters that keep the costliest methods quick here (method: overrides); their defaults
+# run in the CLI acceptance sweep and the benchmark.
+QUICK: dict[str, list[str]] = {
+    "smoothgradcampp": ["method.samples=2"],
+    "sscam": ["method.samples=1"],
+    "iscam": ["method.samples=1"],
+    "integratedgradcam": ["method.steps=4"],
+    "opticam": ["method.iterations=3"],
+    "polycam": ["method.max_channels=4"],
+}
 
 
 @pytest.fixture(autouse=True)
@@ -49,6 +59,7 @@ def config(model, method, batch_size, tmp_path, images=4):
         "runner.progress=false",
         "runner.bootstrap=10",
         f"runner.results_table={tmp_path / 'runs.csv'}",
+        *QUICK.get(method, []),
     ]
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         return validate(compose("config", overrides=overrides))
@@ -82,12 +93,13 @@ def test_every_method_runs_at_batch_sizes_1_and_4(model, method, tmp_path, monke
     assert torch.isfinite(four).all() and four.min() >= 0 and four.max() <= 1
     if method != "smoothgradcampp":  # its noise is drawn per batch, sample-major: batching reassigns it
         torch.testing.assert_close(one, four[:2], rtol=0, atol=2e-3)
-    passes = result.rows[["passes_forward", "passes_backward", "passes_tail"]].iloc[0].tolist()
+    passes = result.rows[["passes_forward", "passes_backward", "passes_input_backward"]].iloc[0].tolist()
     assert passes[0] >= 1 and (passes[1] > 0) == METHODS[method].needs_gradients
+    assert (passes[2] > 0) == METHODS[method].needs_input_gradients
 
 
 def test_method_parameters_reach_the_method(tmp_path):
     cfg = config("resnet18", "smoothgradcampp", 4, tmp_path)
-    cfg.method.samples = 2
+    cfg.method.samples = 3
     result = runner.run(cfg, tmp_path / "run")
-    assert result.rows["passes_forward"].tolist() == [3.0] * 4 and result.rows["passes_backward"].tolist() == [2.0] * 4
+    assert result.rows["passes_forward"].tolist() == [4.0] * 4 and result.rows["passes_backward"].tolist() == [3.0] * 4
