@@ -34,9 +34,9 @@ Rows of methods with more than 16 forward-pass equivalents per image (a backward
 input counts as two; Score-CAM: 1 + K; and Ablation-CAM, whose pytorch-grad-cam peer runs the
 layers before the target layer K times) use reduced settings, marked with a dagger:
 ``--slow-images`` images at ``--slow-image-size`` px (default 224 for resnet18, 112 for the
-others) and ``--slow-repeats`` repeats. Rows with more than 2000 (SS-CAM: 35 K, IS-CAM: 10 K,
-Poly-CAM at ResNet-50) run one call on one image at 64 px (resnet18) or 32 px (others), marked
-with a double dagger. Their limit, forward pass and peers are timed at those settings too.
+others) and ``--slow-repeats`` repeats. Rows with more than 4000 (SS-CAM: 35 K, IS-CAM: 10 K,
+at ResNet-50) run one call on one image at 64 px, marked with a double dagger; a row
+whose target map would be 1 x 1 is not timed. Their limit, forward pass and peers are timed at those settings too.
 
 Peers are used as documented: pytorch-grad-cam ``cam(input_tensor=x, targets=[ClassifierOutputTarget(c)])``
 (progress bars silenced); TorchCAM: a forward pass of the model on the batch (grad-enabled for the
@@ -83,9 +83,9 @@ PACKAGES = {PGC: ("pytorch_grad_cam", "grad-cam"), TORCHCAM: ("torchcam", "torch
 SLOW_FORWARDS = 16  # a method with more forward-pass equivalents per image than this runs at reduced settings
 SLOW_IMAGE_SIZE = {"resnet18": 224}  # default --slow-image-size per architecture; others: DEFAULT_SLOW_SIZE
 DEFAULT_SLOW_SIZE = 112
-SLOWER_FORWARDS = 2000  # more than this (SS-CAM: 35 K, IS-CAM: 10 K): one image at SLOWER_IMAGE_SIZE, one round
-SLOWER_IMAGE_SIZE = {"resnet18": 64}  # others: DEFAULT_SLOWER_SIZE
-DEFAULT_SLOWER_SIZE = 32
+SLOWER_FORWARDS = 4000  # more than this (SS-CAM: 35 K, IS-CAM: 10 K): one image at SLOWER_IMAGE_SIZE, one round
+SLOWER_IMAGE_SIZE: dict[str, int] = {}  # per architecture; others: DEFAULT_SLOWER_SIZE
+DEFAULT_SLOWER_SIZE = 64  # at 32 px, ResNet's layer4 is 1 x 1: every mask is flat and nothing is scored
 TABLE_K, TABLE_HW = 2048, 49  # ResNet-50 at layer4, 224 px: the passes column of the Markdown table
 SINGLE_PASS_GRADIENT = ("gradcam", "gradcampp", "xgradcam", "hirescam", "layercam")
 TARGET_FORWARD, TARGET_LIMIT, TARGET_ABLATION = 1.1, 1.25, 50.0
@@ -148,6 +148,7 @@ class Row:
     tail_chunk: str = ""
     peers: dict[str, float] = field(default_factory=dict)  # library -> seconds per image
     errors: list[str] = field(default_factory=list)
+    skipped: str = ""  # why the row was not timed
 
     def peer_ratio(self, library: str) -> float | None:
         if library not in self.peers or not self.seconds:
@@ -460,6 +461,8 @@ HEADER = (
 
 
 def row_line(row: Row) -> str:
+    if row.skipped:
+        return f"{row.method:16s} {row.setting!s:>9s} not timed: {row.skipped}"
     faster = row.faster_peer()
     faster_str = "-" if faster is None else f"{faster[0]} ({'we are faster' if faster[1] >= 1 else 'peer is faster'})"
     ratio = row.seconds / row.limit if row.seconds and row.limit else None
@@ -500,6 +503,7 @@ def record(rows: list[Row], methods: dict[str, CAMMethod], models: list[str], no
                 "forward": r.forward,
                 "peers": r.peers,
                 "passes": r.passes.formula() if r.passes else None,
+                "skipped": r.skipped,
             }
             for r in rows
         ],
@@ -620,7 +624,10 @@ def main() -> None:
                 setting, repeats = slow, args.slow_repeats
             else:
                 setting, repeats = normal, args.repeats
-            row = bench_row(here, name, method, setting, repeats, peers, warmup=setting is not slower)
+            if here.shape(setting)[1] == 1:
+                row = Row(name, arch, setting, skipped=f"the map is 1 x 1 at {setting.size} px: nothing to time")
+            else:
+                row = bench_row(here, name, method, setting, repeats, peers, warmup=setting is not slower)
             rows.append(row)
             print(row_line(row), flush=True)
             for error in row.errors:
