@@ -3,7 +3,7 @@ pass, and against pytorch-grad-cam and TorchCAM where they implement the same me
 
     python scripts/bench_methods.py [--models resnet18 resnet50] [--methods gradcam ablationcam ...]
         [--batch-size 8] [--image-size 224] [--repeats 3] [--slow-images 1] [--slow-image-size PX]
-        [--slow-repeats 1] [--device cuda|cpu] [--markdown]
+        [--slow-repeats 1] [--device cuda|cpu] [--markdown] [--save FILE [--merge]] [--write-readme]
 
 Everything is timed in one run, per model (random weights, eval mode, channels_last, the default
 target layer) on the same device, images and targets (the predicted classes, fixed once per
@@ -510,6 +510,24 @@ def record(rows: list[Row], methods: dict[str, CAMMethod], models: list[str], no
     }
 
 
+def merged(old: dict, new: dict) -> dict:
+    """``old`` with the rows (method, model) of ``new`` replaced or added, and the merge noted: for
+    re-measuring a few methods after a change without timing every method again."""
+    remeasured = {(r["method"], r["model"]) for r in new["rows"]}
+    models = old["models"] + [m for m in new["models"] if m not in old["models"]]
+    rows = [r for r in old["rows"] if (r["method"], r["model"]) not in remeasured] + new["rows"]
+    rows.sort(key=lambda r: (models.index(r["model"]), r["method"]))
+    which = ", ".join(f"{m}@{a}" for m, a in sorted(remeasured))
+    note = f"re-measured on {new['date']} ({new['command']}), each row in one run with its own limit and peers: {which}"
+    return {
+        **old,
+        "models": models,
+        "notes": old["notes"] + [note],
+        "passes": {**old["passes"], **new["passes"]},
+        "rows": rows,
+    }
+
+
 def check_targets(rows: list[Row]) -> list[str]:
     """One line per target: met or not, with the rows that decide it."""
     timed = [r for r in rows if r.seconds is not None]
@@ -567,7 +585,12 @@ def main() -> None:
     parser.add_argument("--markdown", action="store_true", help="also print the README's method table")
     parser.add_argument("--save", type=Path, help=f"write the measurements as JSON (the README's: {BENCH_RECORD})")
     parser.add_argument("--write-readme", action="store_true", help="write the method table into README.md")
+    parser.add_argument(
+        "--merge", action="store_true", help="replace only the measured (method, model) rows of the --save record"
+    )
     args = parser.parse_args()
+    if args.merge and not (args.save and args.save.exists()):
+        parser.error("--merge needs --save with an existing record to merge into")
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
         parser.error(f"unknown method(s) {', '.join(unknown)}; valid: {', '.join(sorted(METHODS))}")
@@ -644,6 +667,8 @@ def main() -> None:
                 print(f"  t_T for {row.method} at chunks of {row.tail_chunk}", flush=True)
 
     saved = record(rows, instances, args.models, notes, describe(device))
+    if args.merge:
+        saved = merged(json.loads(args.save.read_text()), saved)
     if args.save:
         args.save.parent.mkdir(parents=True, exist_ok=True)
         args.save.write_text(json.dumps(saved, indent=1) + "\n")

@@ -57,3 +57,32 @@ def test_readme_without_markers_is_a_clear_error():
     with pytest.raises(ValueError, match="markers"):
         readme_with_table("# no table here", "| table |")
     assert readme_with_table(f"a\n{START}\nold\n{END}\nb", "new") == f"a\n{START}\nnew\n{END}\nb"
+
+
+def test_bench_merge_replaces_only_the_remeasured_rows():
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from bench_methods import merged
+
+    def row(method: str, model: str, seconds: float) -> dict:
+        return {"method": method, "model": model, "seconds": seconds}
+
+    old = {
+        "command": "old run",
+        "models": ["resnet18", "resnet50"],
+        "notes": ["n"],
+        "passes": {"gradcam": "1F + 1B", "scorecam": "513F"},
+        "rows": [row("scorecam", "resnet50", 9.0), row("gradcam", "resnet18", 1.0), row("scorecam", "resnet18", 2.0)],
+    }
+    new = {"command": "new run", "date": "d", "models": ["resnet18"], "passes": {"scorecam": "1F + 512T"}}
+    new["rows"] = [row("scorecam", "resnet18", 3.0)]
+    out = merged(old, new)
+    assert [(r["method"], r["model"], r["seconds"]) for r in out["rows"]] == [
+        ("gradcam", "resnet18", 1.0),
+        ("scorecam", "resnet18", 3.0),
+        ("scorecam", "resnet50", 9.0),
+    ]
+    assert out["passes"] == {"gradcam": "1F + 1B", "scorecam": "1F + 512T"}
+    assert out["command"] == "old run" and out["notes"][0] == "n"
+    assert out["notes"][1].startswith("re-measured on d (new run)") and out["notes"][1].endswith(": scorecam@resnet18")

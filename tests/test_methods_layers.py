@@ -35,7 +35,7 @@ from cambench.config import validate
 from cambench.methods import MethodError
 from cambench.methods.base import minmax, weighted_sum
 from cambench.methods.polycam import percentile_normalise
-from cambench.methods.relevancecam import safe_denominator
+from cambench.methods.relevancecam import after_target, composite, safe_denominator
 from cambench.models.engine import Passes
 from cambench.runner.run import preflight
 
@@ -312,8 +312,13 @@ def test_relevancecam_matches_hand_written_lrp_with_batch_norm_and_residual_bloc
     scale = reference.abs().max().item()
     assert maxdiff(relevance, reference) < 1e-5 * scale  # measured: 0 (the same operations)
     torch.testing.assert_close(out.raw, weighted_sum(reference.sum((2, 3)), activation), rtol=1e-5, atol=1e-6)
-    assert out.passes == Passes(forward=2, backward=1)
-    assert method.forward(images).gradients is None  # the split's pass needs no d y_c / dA
+    assert out.passes == Passes(forward=1, backward=2, tail=2)  # z+: two forwards and backwards of each layer
+    # the one LRP pass gives the split's A and the model's logits (its hooks change only the backward pass)
+    with torch.no_grad():
+        (carry, *_), logits = method.engine.split.forward(images)
+    torch.testing.assert_close(method.forward(images).activations[-1], carry[0], rtol=0, atol=0)
+    torch.testing.assert_close(out.logits, logits, rtol=0, atol=0)
+    assert out.targets.tolist() == [0, 3, 4]
 
 
 def folding_composite() -> ExcitationBackprop:
@@ -409,6 +414,31 @@ def test_relevancecam_conserves_relevance_and_leaves_the_model_as_it_was(arch, l
         with pytest.raises(MethodError, match="inside a squeeze-excitation gate"):
             make_method("relevancecam", model, "features.9.block.2.fc1")(images)
         assert unhooked(model) and torch.equal(model(images), before)
+
+
+@pytest.mark.parametrize(
+    ("arch", "layer", "size"),
+    [("resnet18", "layer3.1.conv2", 32), ("resnet18", "layer4", 32), ("mobilenet_v3_small", "features.9.block.0", 48)],
+)
+def test_relevancecam_canonizes_only_the_blocks_after_the_target_with_the_same_relevance(arch, layer, size):
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(arch, num_classes=10).eval()
+    images = torch.randn(2, 3, size, size)
+    method = make_method("relevancecam", model, layer)
+    blocks = after_target(method.engine.split)
+    if arch == "resnet18":  # the target's own block and every block after it, none before
+        expected = {"layer3.1", "layer4.0", "layer4.1"} if layer.startswith("layer3") else set()
+        assert {name for name in blocks if name.count(".") == 1} == expected
+    else:
+        assert "features.9" in blocks and "features.8" not in blocks
+    targets = method(images).targets
+    ours = method.relevance(images, targets)
+    method.composite = composite()  # every block canonized
+    everywhere = method.relevance(images, targets)
+    # ResNet: exact. MobileNetV3: the canonized gate computes x + x (s - 1), not the model's x s, so a
+    # canonized block before the target shifts A by rounding (measured: 7e-10 where the largest |R| is 5e-4)
+    atol = 0 if arch == "resnet18" else 1e-5 * everywhere.abs().max().item()
+    torch.testing.assert_close(ours, everywhere, rtol=0, atol=atol)
 
 
 def test_relevancecam_rejects_models_without_rules():

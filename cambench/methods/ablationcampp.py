@@ -71,9 +71,9 @@ class AblationCAMPlusPlus(CAMMethod):
             images = owner.cpu()
 
             def ablated(rows: slice) -> tuple[Tensor, ...]:
-                zero = torch.zeros(len(images[rows]), k + 1, dtype=torch.bool, device=a.device)
-                zero.scatter_(1, members[rows], True)
-                kept = take_rows(activation, images[rows]).masked_fill(zero[:, :k, None, None], 0)
+                keep = torch.ones(len(images[rows]), k + 1, dtype=activation.dtype, device=a.device)
+                keep.scatter_(1, members[rows], 0.0)
+                kept = take_rows(activation, images[rows]) * keep[:, :k, None, None]  # (torch.where is slower)
                 return (kept, *(take_rows(s, images[rows]) for s in side))
 
             scores = self.engine.scorer.score(fw.targets[owner], ablated, layer=layer, output=self.score)

@@ -47,22 +47,23 @@ def kmeans(
     b, n, _ = points.shape
     w = points.new_ones(b, n) if weights is None else weights.float()
     # one row per (problem, run); the Lloyd steps run only on the rows that still move
-    owner = torch.arange(b, device=points.device).repeat_interleave(counts.shape[1])
-    x, wx, k = points[owner], w[owner], counts.flatten()
+    runs = counts.shape[1]
+    x, wx, k = points.repeat_interleave(runs, 0), w.repeat_interleave(runs, 0), counts.flatten()
     c = int(k.max())
-    centres = _plusplus(x, wx, k, c, generator)
+    norms = x.square().sum(-1)
+    centres = _plusplus(x, norms, wx, k, c, generator)
     absent = torch.where(torch.arange(c, device=x.device) < k[:, None], 0.0, torch.inf)  # clusters past the count
-    norms = (x**2).sum(-1)
-    # scikit-learn's tolerance: tol x mean over features of the points' variance (padding excluded)
-    total = w.sum(1, keepdim=True)
-    mean = (w[..., None] * points).sum(1, keepdim=True) / total[..., None]
-    tolerance = (tol * ((w[..., None] * (points - mean) ** 2).sum(1) / total).mean(1))[owner]
+    # scikit-learn's tolerance: tol x mean over features of the points' variance (padding excluded),
+    # as E|x|^2 - |E x|^2 from the norms (no (B, N, D) temporaries)
+    total = wx.sum(1)
+    mean = (wx[:, None] @ x)[:, 0] / total[:, None]
+    tolerance = tol * ((wx * norms).sum(1) / total - mean.square().sum(1)).clamp_min(0) / x.shape[-1]
     rows = torch.arange(len(x), device=x.device)
     xa, wa, na, aa, ta, ca = x, wx, norms, absent, tolerance, centres
     for _ in range(iterations):
         labels = _distances(xa, na, ca, aa).argmin(-1)
-        sums = torch.zeros_like(ca).scatter_add_(1, labels[..., None].expand_as(xa), xa * wa[..., None])
-        sizes = torch.zeros_like(aa).scatter_add_(1, labels, wa)[..., None]
+        member = torch.nn.functional.one_hot(labels, c).to(xa.dtype) * wa[..., None]  # (M, N, C): bmm beats scatter_add
+        sums, sizes = member.transpose(1, 2) @ xa, member.sum(1)[..., None]
         new = torch.where(sizes > 0, sums / sizes.clamp_min(1e-12), ca)  # an empty cluster keeps its centre
         centres[rows] = new
         moving = ((new - ca) ** 2).sum((1, 2)) > ta
@@ -82,8 +83,9 @@ def _distances(x: Tensor, norms: Tensor, centres: Tensor, absent: Tensor | float
     return norms[..., None] - 2 * x @ centres.transpose(1, 2) + ((centres**2).sum(-1) + absent)[:, None]
 
 
-def _plusplus(x: Tensor, w: Tensor, k: Tensor, c: int, generator: torch.Generator) -> Tensor:
-    """Greedy k-means++ seeding (scikit-learn's) of rows x (M, N, D): centres (M, C, D), zero past each count k."""
+def _plusplus(x: Tensor, norms: Tensor, w: Tensor, k: Tensor, c: int, generator: torch.Generator) -> Tensor:
+    """Greedy k-means++ seeding (scikit-learn's) of rows x (M, N, D) with squared norms (M, N): centres
+    (M, C, D), zero past each count k."""
     m, n, d = x.shape
     trials = 2 + int(math.log(c))
     draws = torch.rand(c, trials, generator=generator, device=generator.device).to(x.device)
@@ -92,8 +94,7 @@ def _plusplus(x: Tensor, w: Tensor, k: Tensor, c: int, generator: torch.Generato
     first = torch.searchsorted(cum, (draws[0, 0] * cum[:, -1:]).contiguous(), right=True)[:, 0].clamp_max(n - 1)
     centres = x.new_zeros(m, c, d)
     centres[:, 0] = x[rows, first]
-    closest = ((x - centres[:, :1]) ** 2).sum(-1)  # (M, N)
-    norms = (x**2).sum(-1)
+    closest = _distances(x, norms, centres[:, :1], 0).clamp_min(0)[..., 0]  # (M, N)
     last = (w > 0).cumsum(1).argmax(1, keepdim=True)  # each row's last real point
     # per row, scikit-learn's 2 + floor(ln k) candidates for its own count k; the others never win
     allowed = torch.arange(trials, device=x.device) < 2 + torch.log(k.float())[:, None].floor()

@@ -40,11 +40,13 @@ Denominators are divided exactly, giving zero where one is zero, as the code's `
 small activations (a randomly initialised MobileNetV3's logits are about 1e-10). The LRP pass
 runs on the whole model (``engine.model``, not under autocast): without autograd up to the target layer, whose
 output (at its last call, as the split) becomes a leaf, so the modified backward runs from the
-output down to the target layer only. The canonizers and hooks are removed afterwards, leaving
-the model as it was. Models other than torchvision's ResNet, VGG and MobileNetV3 (or
-``nn.Sequential`` chains of their layers) fail at start. Cost: the split's forward pass (A and
-the prediction), one forward pass for LRP and one LRP backward through the layers after the
-target layer (each z+ layer recomputes its output twice there).
+output down to the target layer only. That one pass also gives A and the prediction (the LRP
+hooks leave the forward values as they are), so the split's pass is not run. The canonizers and
+hooks are removed afterwards, leaving the model as it was. Models other than torchvision's ResNet,
+VGG and MobileNetV3 (or ``nn.Sequential`` chains of their layers) fail at start. Cost: one
+forward pass, and an LRP backward through the layers after the target layer, in which each z+
+layer runs forward twice (on x+ with w+ and on x- with w-) and backward through both:
+1F + 2T + 2B.
 """
 
 from __future__ import annotations
@@ -108,18 +110,37 @@ def safe_denominator(z: Tensor) -> Tensor:
     return torch.where(z == 0, torch.inf, z)
 
 
-def composite() -> ExcitationBackprop:
-    """The authors' rules (see the module docstring) as a zennit composite, with its canonizers."""
+def composite(within: set[str] | None = None) -> ExcitationBackprop:
+    """The authors' rules (see the module docstring) as a zennit composite, with its canonizers,
+    which rewrite only the blocks named in ``within`` (all blocks when None)."""
+    maps = [
+        ResNetBottleneckCanonizer().attribute_map,
+        ResNetBasicBlockCanonizer().attribute_map,
+        _mobilenet_v3_attributes,
+    ]
+
+    def attributes(name: str, module: nn.Module) -> dict | None:
+        if within is not None and name not in within:
+            return None
+        return next((found for found in (m(name, module) for m in maps) if found is not None), None)
+
     return ExcitationBackprop(
         stabilizer=safe_denominator,
         layer_map=[(Activation, Pass()), (BatchNorm, Pass())],
         zero_params="bias",
-        canonizers=[
-            ResNetBottleneckCanonizer(),
-            ResNetBasicBlockCanonizer(),
-            AttributeCanonizer(_mobilenet_v3_attributes),
-        ],
+        canonizers=[AttributeCanonizer(attributes)],
     )
+
+
+def after_target(split: SplitModel) -> set[str] | None:
+    """The modules that run after the first target layer and the blocks that hold them (their
+    ancestors): the only blocks whose canonizers change the relevance at the target layer. The
+    canonizers' stacked sums cost about as much as the forward pass itself, so blocks before the
+    target keep their own forward. None with the hook fallback (no graph to read them from)."""
+    if split.tail_is_full_forward:
+        return None
+    names = {n.target for stage in split.stages[1:] for n in stage.graph.nodes if n.op == "call_module"}
+    return {".".join(name.split(".")[:i]) for name in names for i in range(name.count(".") + 2)}
 
 
 @register("relevancecam")
@@ -130,12 +151,12 @@ class RelevanceCAM(CAMMethod):
         "target layer from R_out = 1 at c, -1/N elsewhere"
     )
     checked = "hand-written LRP (z+, batch norm, residual sum) on a stub; relevance conservation"
-    cost = "2F + 1B"
+    cost = "1F + 2T + 2B"
     needs_gradients = True  # a modified backward pass (LRP) from the output to the target layer
 
     def __init__(self, engine):
         super().__init__(engine)
-        self.composite = composite()
+        self.composite = composite(after_target(engine.split))
 
     @classmethod
     def check_model(cls, split: SplitModel) -> None:
@@ -149,18 +170,12 @@ class RelevanceCAM(CAMMethod):
                 )
 
     def passes(self, channels: int, positions: int) -> Passes:
-        return Passes(forward=2, backward=1)
+        return Passes(forward=1, backward=2, tail=2)
 
-    def forward(self, images: Tensor, targets: Tensor | None = None, gradients: bool | None = False) -> Forward:
-        """The split's pass gives A and the prediction; the weights come from the LRP pass, not from d y_c / dA."""
-        return super().forward(images, targets, gradients)
-
-    def raw_map(self, fw: Forward) -> Tensor:
-        relevance = self.relevance(fw.images, fw.targets)
-        return weighted_sum(relevance.float().sum((2, 3)), fw.activations[-1])
-
-    def relevance(self, images: Tensor, targets: Tensor) -> Tensor:
-        """(B, K, h, w) LRP relevance at the target layer's output (its last call, as the split)."""
+    def forward(self, images: Tensor, targets: Tensor | None = None, gradients: bool | None = None) -> Forward:
+        """One pass of the whole model with the LRP hooks: A (the target layer's output at its last call, as
+        the split), the prediction, and in place of d y_c / d A the relevance R at the target layer (the
+        modified gradient of the LRP backward pass)."""
         model = self.engine.model
         leaves: list[Tensor] = []
 
@@ -181,6 +196,15 @@ class RelevanceCAM(CAMMethod):
                     f"relevancecam: no relevance reaches {self.engine.split.layers[0]}, inside a squeeze-excitation "
                     "gate (LRP treats the gate as a constant); choose another model.target_layer"
                 )
+            targets = logits.argmax(1) if targets is None else targets
             initial = torch.full_like(logits, -1 / logits.shape[1]).scatter_(1, targets[:, None], 1.0)
             (relevance,) = torch.autograd.grad(logits, leaves[-1], initial)
-        return relevance
+        return Forward(images, [(leaves[-1].detach(),)], logits.detach().float(), targets, [relevance.float()])
+
+    def raw_map(self, fw: Forward) -> Tensor:
+        return weighted_sum(fw.gradients[-1].sum((2, 3)), fw.activations[-1])
+
+    def relevance(self, images: Tensor, targets: Tensor) -> Tensor:
+        """(B, K, h, w) LRP relevance at the target layer's output."""
+        with torch.inference_mode(False), torch.enable_grad():
+            return self.forward(images, targets).gradients[-1]

@@ -189,7 +189,7 @@ def expand_rows(tensor: Tensor, rows: slice, per_image: int) -> Tensor:
     first, last = rows.start // per_image, (rows.stop - 1) // per_image
     if first == last:
         return tensor[first : first + 1].expand(rows.stop - rows.start, *tensor.shape[1:])
-    return tensor[torch.arange(rows.start, rows.stop, device=tensor.device) // per_image]
+    return gather(tensor, torch.arange(rows.start, rows.stop, device=tensor.device) // per_image)
 
 
 def take_rows(tensor: Tensor, images: Tensor) -> Tensor:
@@ -198,4 +198,13 @@ def take_rows(tensor: Tensor, images: Tensor) -> Tensor:
     first, last = int(images[0]), int(images[-1])
     if first == last:
         return tensor[first : first + 1].expand(len(images), *tensor.shape[1:])
-    return tensor[images.to(tensor.device)]
+    return gather(tensor, images.to(tensor.device))
+
+
+def gather(tensor: Tensor, index: Tensor) -> Tensor:
+    """``tensor[index]`` along dim 0, in the tensor's memory format. A channels_last tensor is
+    gathered as its contiguous (N, H, W, C) view: on the CPU, ``index_select`` copies whole rows
+    there, where indexing the (N, C, H, W) view goes element by element (about 7x slower)."""
+    if tensor.dim() == 4 and not tensor.is_contiguous() and tensor.is_contiguous(memory_format=torch.channels_last):
+        return tensor.permute(0, 2, 3, 1).index_select(0, index).permute(0, 3, 1, 2)
+    return tensor.index_select(0, index)
