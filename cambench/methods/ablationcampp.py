@@ -101,11 +101,16 @@ class AblationCAMPlusPlus(CAMMethod):
         if not len(owner):
             return owner, members
         real = members < k
-        generator = self.engine.generator(points.device)
-        two = torch.full((len(owner), 1), 2, device=points.device)
-        left = kmeans(points[owner[:, None], members], two, generator, real, self.iterations, self.tolerance)
-        left = (left.labels[:, 0] == 0) & real
-        sizes, lefts = real.sum(1, keepdim=True), left.sum(1, keepdim=True)
+        sizes = real.sum(1, keepdim=True)
+        left = torch.zeros_like(real)
+        for rows in _buckets(sizes[:, 0]):  # each group of nodes padded to its own width, not the largest node's
+            width = int(sizes[rows].max())
+            mine, weights = members[rows, :width], real[rows, :width]
+            two = torch.full((len(rows), 1), 2, device=points.device)
+            generator = self.engine.generator(points.device)  # the same draws in every group
+            labels = kmeans(points[owner[rows, None], mine], two, generator, weights, self.iterations, self.tolerance)
+            left[rows, :width] = (labels.labels[:, 0] == 0) & weights
+        lefts = left.sum(1, keepdim=True)
         position = torch.arange(members.shape[1], device=points.device)
         halves = real & (position < sizes // 2)
         left = torch.where((lefts == 0) | (lefts == sizes), halves, left)  # 2-means left one side empty
@@ -113,6 +118,15 @@ class AblationCAMPlusPlus(CAMMethod):
         children = torch.stack([_pack(members, left, k), _pack(members, right, k)], 1).flatten(0, 1)
         width = int((children < k).sum(1).max())
         return owner.repeat_interleave(2), children[:, :width]
+
+
+def _buckets(sizes: Tensor) -> list[Tensor]:
+    """The nodes (indices) in at most two groups by size, cut where the padded work, the sum over
+    groups of count x largest size, is least (a few large nodes would pad every small one)."""
+    ordered, order = sizes.sort()
+    count = torch.arange(1, len(sizes) + 1, device=sizes.device)
+    cut = int((count * ordered + (len(sizes) - count) * ordered[-1]).argmin()) + 1
+    return [order[:cut], order[cut:]] if cut < len(sizes) else [order]
 
 
 def _nodes(labels: Tensor, count: int, k: int) -> tuple[Tensor, Tensor]:

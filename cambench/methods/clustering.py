@@ -48,7 +48,8 @@ def kmeans(
     w = points.new_ones(b, n) if weights is None else weights.float()
     # one row per (problem, run); the Lloyd steps run only on the rows that still move
     runs = counts.shape[1]
-    x, wx, k = points.repeat_interleave(runs, 0), w.repeat_interleave(runs, 0), counts.flatten()
+    x, wx = (points, w) if runs == 1 else (points.repeat_interleave(runs, 0), w.repeat_interleave(runs, 0))
+    k = counts.flatten()
     c = int(k.max())
     norms = x.square().sum(-1)
     centres = _plusplus(x, norms, wx, k, c, generator)
