@@ -9,7 +9,7 @@ against the class's own ``check`` (values).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
@@ -47,6 +47,7 @@ class RunnerConfig:
     num_workers: int = 0
     bootstrap: int = 1000  # resamples of the 95% bootstrap interval
     results_table: str = "results/runs.csv"  # a summary row is appended per run
+    baselines: list[str] = field(default_factory=lambda: ["fakecam"])  # sanity methods scored beside the method
     progress: bool = True
 
 
@@ -123,6 +124,8 @@ def validate(cfg: DictConfig) -> DictConfig:
         _check_choice(out[group][name], valid, key)
 
     _check_choice(cfg.method.get("name"), sorted(METHODS), "method")
+    for baseline in out["runner"].baselines:
+        _check_choice(baseline, sorted(METHODS), "runner.baselines entry")
     out["method"] = _params(METHODS[cfg.method.name], cfg.method, "method", extra={"name": (str, MISSING)})
 
     _check_choice(cfg.dataset.get("name"), sorted(DATASETS), "dataset")
@@ -130,10 +133,17 @@ def validate(cfg: DictConfig) -> DictConfig:
 
     if not cfg.metrics:
         raise ConfigError("no metrics selected; choose a metrics config, e.g. metrics=default")
-    metrics = {}
+    metrics, writers = {}, {}
     for name, params in cfg.metrics.items():
         _check_choice(name, sorted(METRICS), "metric")
         metrics[name] = _params(METRICS[name], params or OmegaConf.create({}), f"metrics.{name}")
+        for column in (*METRICS[name].names, *METRICS[name].derived):
+            if column in writers:
+                raise ConfigError(
+                    f"metrics {writers[column]} and {name} both write {column}: keep one of them "
+                    f"(drop metrics.{name} with ~metrics.{name})"
+                )
+            writers[column] = name
     out["metrics"] = metrics
     return OmegaConf.create({key: out[key] for key in ("model", "method", "dataset", "metrics", "runner")})
 

@@ -32,6 +32,10 @@ def compose_cfg(*overrides: str):
         return compose("config", overrides=list(overrides))
 
 
+SCORES = ["deletion", "insertion", "average_drop", "increase_in_confidence", "average_gain", "coherency"]
+SCORES += ["complexity", "adcc_per_image", "adcc_of_means"]
+
+
 def test_default_run_writes_rows_summary_config_and_table_row(tmp_path):
     result = cambench(tmp_path, "model=mobilenet_v3_small", "dataset.image_size=64", *FAST)
     assert result.returncode == 0, result.output
@@ -46,8 +50,12 @@ def test_default_run_writes_rows_summary_config_and_table_row(tmp_path):
     assert (rows["seconds_method"] > 0).all() and (rows["seconds_deletion_insertion"] > 0).all()
     assert rows[["passes_forward", "passes_backward", "passes_tail"]].drop_duplicates().values.tolist() == [[1, 1, 0]]
     assert not rows["constant_map"].any()
+    adcc = rows[["average_drop", "coherency", "complexity", "adcc_per_image"]]
+    assert adcc.apply(lambda c: c.between(0, 1)).all().all()
     summary = pd.read_csv(tmp_path / "run" / "summary.csv").set_index("metric")
     assert summary.loc["insertion", "mean"] == pytest.approx(rows["insertion"].mean())
+    assert summary.loc["insertion", "sd"] == pytest.approx(rows["insertion"].std())
+    assert 0 <= summary.loc["adcc_of_means", "mean"] <= 1 and summary.loc["adcc_of_means", "n"] == 4
     assert summary.loc["seconds_method", "mean"] == pytest.approx(rows["seconds_method"].mean())
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert info["config"]["model"]["name"] == "mobilenet_v3_small" and info["versions"]["torch"]
@@ -55,6 +63,21 @@ def test_default_run_writes_rows_summary_config_and_table_row(tmp_path):
     assert info["timings"]["images"] == "4 images, 4 classes, 1 per class (seeded subset of 10000)"
     table = pd.read_csv(tmp_path / "runs.csv")
     assert table[["model", "method", "images"]].values.tolist() == [["mobilenet_v3_small", "gradcam", 4]]
+    # the Fake-CAM sanity row: the same images and classes, the same metrics, its means beside the method's
+    fake = pd.read_csv(tmp_path / "run" / "per_image_fakecam.csv")
+    assert fake["id"].tolist() == rows["id"].tolist() and fake["target"].tolist() == rows["target"].tolist()
+    assert (fake["coherency"] == 1).all() and (fake["complexity"] == (64 * 64 - 1) / (64 * 64)).all()
+    assert summary.loc["average_drop", "fakecam"] == pytest.approx(fake["average_drop"].mean())
+    assert summary.loc["average_drop", "fakecam"] < 0.05  # Poppi et al.: Fake-CAM's Average Drop is about 0
+    assert summary.loc["adcc_per_image", "fakecam"] < 1e-3  # and ADCC exposes it
+    flagged = summary["flag"].fillna("")
+    assert (flagged == "fakecam >= method").tolist() == [
+        (summary.loc[m, "fakecam"] <= summary.loc[m, "mean"]) if m in ("deletion", "average_drop", "complexity")
+        else (summary.loc[m, "fakecam"] >= summary.loc[m, "mean"]) if m in SCORES else False
+        for m in summary.index
+    ]  # fmt: skip
+    assert "fakecam >= method" in result.stdout
+    assert "average_drop" in table.loc[0, "baseline_flags"]
 
 
 def test_unknown_method_fails_at_start_with_the_choices(tmp_path):
@@ -119,7 +142,8 @@ def test_every_dataset_config_validates(dataset, tmp_path):
         ("+metrics.deletion_insertion.step=3", "steps: int = 224, blur_kernel: int = 11, blur_sigma: float = 5.0"),
         ("metrics.deletion_insertion.steps=abc", "metrics.deletion_insertion: Value 'abc' of type 'str' could not"),
         ("metrics.deletion_insertion.steps=0", "metrics.deletion_insertion: deletion_insertion.steps must be >= 1"),
-        ("+metrics.nosuch={}", "unknown metric 'nosuch'; valid choices: deletion_insertion"),
+        ("+metrics.nosuch={}", "unknown metric 'nosuch'; valid choices: adcc, confidence, deletion_insertion"),
+        ("+metrics.confidence={}", "metrics adcc and confidence both write average_drop: keep one of them"),
         ("runner.batch_size=0", "runner.batch_size must be >= 1, got 0"),
         ("runner.num_images=-1", "runner.num_images must be >= 1, got -1"),
         ("runner.score_batch_size=abc", "runner.score_batch_size must be auto or an integer >= 1"),
@@ -184,7 +208,7 @@ def test_label_targets_and_bf16_autocast_in_process(tmp_path):
     assert (result.rows["target"] == result.rows["label"]).all()
     expected = [int(row.split("-")[-1]) for row in result.rows["id"]]
     assert result.rows["label"].tolist() == [ShapesDataset(image_size=64)[i].label for i in expected]
-    assert result.summary["metric"].tolist()[:3] == ["deletion", "insertion", "seconds_method"]
+    assert result.summary["metric"].tolist()[:11] == [*SCORES, "seconds_method", "seconds_deletion_insertion"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")

@@ -93,11 +93,15 @@ class Metric:
     """Accumulating wrapper around a functional core.
 
     ``update`` scores one batch and returns per-image values (B,) under each name in ``names``;
-    ``compute`` returns the running mean of each.
+    ``compute`` returns the running mean of each, and of each ``derived`` value: a function of
+    the means of the columns (an aggregate that is not a mean of per-image values, such as ADCC of
+    the dataset means; the summary bootstraps it from the same resamples).
     """
 
     name: ClassVar[str] = ""
     names: ClassVar[tuple[str, ...]] = ()
+    derived: ClassVar[dict[str, Callable[[dict[str, Tensor]], Tensor]]] = {}
+    lower_is_better: ClassVar[frozenset[str]] = frozenset()  # of names and derived; the others: higher is better
     requires: ClassVar[frozenset[str]] = frozenset()  # keys of CAPABILITIES
 
     def __init__(self, ctx: MetricContext):
@@ -118,7 +122,8 @@ class Metric:
         return values
 
     def compute(self) -> dict[str, Tensor]:
-        return {name: torch.cat(v).nanmean() for name, v in self._values.items() if v}
+        means = {name: torch.cat(v).nanmean() for name, v in self._values.items() if v}
+        return means | {name: fn(means) for name, fn in self.derived.items() if means}
 
 
 def missing_capabilities(metric: type[Metric], capabilities: set[str]) -> list[str]:

@@ -88,6 +88,7 @@ class DeletionInsertion(Metric):
     """Deletion (lower is better) and insertion (higher is better) AUC; see the module docstring."""
 
     names = ("deletion", "insertion")
+    lower_is_better = frozenset({"deletion"})
 
     def __init__(self, ctx: MetricContext, steps: int = 224, blur_kernel: int = 11, blur_sigma: float = 5.0):
         super().__init__(ctx)

@@ -37,10 +37,10 @@ def versions() -> dict[str, str]:
 
 
 class RunWriter:
-    def __init__(self, out_dir: Path):
+    def __init__(self, out_dir: Path, per_image: str = PER_IMAGE):
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.per_image = self.out_dir / PER_IMAGE
+        self.per_image = self.out_dir / per_image
         self.per_image.unlink(missing_ok=True)
         self.rows_written = 0
 

@@ -26,17 +26,17 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from cambench.config import ConfigError, method_params, target_layers
-from cambench.data.base import collate
+from cambench.data.base import Batch, collate
 from cambench.data.registry import DATASETS
 from cambench.device import AUTOCAST_DTYPES, resolve_device
-from cambench.methods import METHODS, build_method
-from cambench.metrics import METRICS, MetricContext, MetricInput, build_metric, missing_capabilities
+from cambench.methods import METHODS, CAMMethod, build_method
+from cambench.metrics import METRICS, Metric, MetricContext, MetricInput, build_metric, missing_capabilities
 from cambench.models.build import build_model, check_target_layers, skeleton
 from cambench.models.engine import Engine, Passes
 from cambench.models.scorer import Scorer
 from cambench.models.split import split_model
 from cambench.results.summary import summarise
-from cambench.results.writer import RunWriter, append_to_table
+from cambench.results.writer import PER_IMAGE, RunWriter, append_to_table
 from cambench.runner.sampling import coverage, random_subset, stratified_subset
 
 log = logging.getLogger(__name__)
@@ -65,15 +65,17 @@ def preflight(cfg: DictConfig) -> list[str]:
         layers = method.default_layers(cfg.model.name, skeleton(cfg.model.name, num_classes))
     layers = check_target_layers(cfg.model.name, num_classes, layers)
     method.check_model(split_model(skeleton(cfg.model.name, num_classes), layers))
-    capabilities = {"masks"} if spec.has_masks(cfg.dataset) else set()
-    if method.needs_gradients:
-        capabilities.add("gradients")
-    for name in cfg.metrics:
-        if missing := missing_capabilities(METRICS[name], capabilities):
-            raise ConfigError(
-                f"metric {name} needs {' and '.join(missing)}, which dataset={cfg.dataset.name} "
-                f"with method={cfg.method.name} cannot give; choose another dataset or drop the metric"
-            )
+    for explainer in dict.fromkeys([cfg.method.name, *cfg.runner.baselines]):
+        capabilities = {"masks"} if spec.has_masks(cfg.dataset) else set()
+        if METHODS[explainer].needs_gradients:
+            capabilities.add("gradients")
+        for name in cfg.metrics:
+            if missing := missing_capabilities(METRICS[name], capabilities):
+                raise ConfigError(
+                    f"metric {name} needs {' and '.join(missing)}, which dataset={cfg.dataset.name} "
+                    f"with method={explainer} cannot give; choose another dataset or drop the metric"
+                    + ("" if explainer == cfg.method.name else " or the baseline (runner.baselines)")
+                )
     return layers
 
 
@@ -124,8 +126,20 @@ def run(cfg: DictConfig, out_dir: Path) -> RunResult:
     chunk = None if rc.score_batch_size == "auto" else rc.score_batch_size
     engine = Engine(split, Scorer(split, chunk, autocast, memory_format), loaded.preprocessing, autocast, rc.seed)
     method = build_method(cfg.method.name, engine, **method_params(cfg))
-    context = MetricContext(engine, method)
-    metrics = {name: build_metric(name, context, **params) for name, params in cfg.metrics.items()}
+
+    def explainer(name: str, method: CAMMethod, per_image: str = PER_IMAGE) -> Explainer:
+        context = MetricContext(engine, method)
+        metrics = {metric: build_metric(metric, context, **params) for metric, params in cfg.metrics.items()}
+        return Explainer(name, method, metrics, RunWriter(out_dir, per_image))
+
+    # the method, then the sanity baselines on the same images with the same metrics (their own instances)
+    explainers = [explainer(cfg.method.name, method)]
+    explainers += [
+        explainer(name, build_method(name, engine), f"per_image_{name}.csv")
+        for name in rc.baselines
+        if name != cfg.method.name
+    ]
+    metrics = explainers[0].metrics
 
     dataset, chosen = select_images(spec.build(cfg.dataset, loaded.preprocessing), rc.num_images, rc.seed)
     loader = DataLoader(
@@ -147,7 +161,6 @@ def run(cfg: DictConfig, out_dir: Path) -> RunResult:
         device,
     )
 
-    writer = RunWriter(out_dir)
     bar = tqdm(loader, desc=f"{cfg.method.name}/{cfg.model.name}", unit="batch", disable=not rc.progress)
     split_difference = None
     try:
@@ -155,34 +168,23 @@ def run(cfg: DictConfig, out_dir: Path) -> RunResult:
             batch = batch.to(device, memory_format)
             if split_difference is None:
                 split_difference = split.verify(batch.images[:1])
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
             targets = batch.labels if rc.target == "label" else None
-            out, seconds = timed(device, method.explain, batch.images, targets)
-            columns = {"seconds_method": seconds}
-            inputs = MetricInput(batch.images, batch.labels, batch.masks, batch.ids, out)
-            scores: dict[str, torch.Tensor] = {}
-            for name, metric in metrics.items():
-                values, seconds = timed(device, metric.update, inputs)
-                scores |= {k: v.cpu() for k, v in values.items()}
-                columns[f"seconds_{name}"] = seconds
-            n = len(batch.ids)
-            per_image = {k: v / n for k, v in columns.items()}
-            per_image |= {f"passes_{k}": v for k, v in vars(out.passes).items()}
-            per_image["peak_memory_mb"] = peak_memory_mb(device)
-            writer.append(_rows(batch.ids, batch.labels.cpu(), out, scores, per_image))
+            for explainer in explainers:  # the baselines explain the method's classes
+                targets = explainer.step(batch, targets, device)
             bar.set_postfix({k: f"{v.item():.3f}" for m in metrics.values() for k, v in m.compute().items()})
     except BaseException:
-        if writer.rows_written:
-            log.error("stopped after %d images; their rows are kept in %s", writer.rows_written, writer.per_image)
+        if explainers[0].writer.rows_written:
+            kept = ", ".join(str(e.writer.per_image) for e in explainers if e.writer.rows_written)
+            log.error("stopped after %d images; their rows are kept in %s", explainers[0].writer.rows_written, kept)
         raise
 
-    rows = writer.rows()
-    names = [name for m in metrics.values() for name in m.names]
-    costs = ["seconds_method", *(f"seconds_{name}" for name in metrics), *Passes.columns(), "peak_memory_mb"]
-    summary = summarise(rows, names + costs, rc.bootstrap, rc.seed)
+    summaries = {e.name: e.summary(rc.bootstrap, rc.seed) for e in explainers}
+    rows = explainers[0].writer.rows()
+    summary, flags = beside_baselines(summaries, cfg.method.name, metrics)
     seconds = time.perf_counter() - start
-    writer.finish(
+    for explainer in explainers[1:]:
+        summaries[explainer.name].to_csv(out_dir / f"summary_{explainer.name}.csv", index=False)
+    explainers[0].writer.finish(
         summary,
         OmegaConf.to_container(cfg, resolve=True),
         {
@@ -207,9 +209,73 @@ def run(cfg: DictConfig, out_dir: Path) -> RunResult:
             "device": str(device),
             "seconds": round(seconds, 1),
             "run_dir": str(out_dir),
+            "baseline_flags": flags,
         },
     )
     return RunResult(rows, summary, out_dir, seconds)
+
+
+@dataclass
+class Explainer:
+    """A method with its own metric instances and per-image file: the run's method or a sanity baseline."""
+
+    name: str
+    method: CAMMethod
+    metrics: dict[str, Metric]
+    writer: RunWriter
+
+    def step(self, batch: Batch, targets: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+        """Maps and scores of one batch, timed, appended to the per-image file; returns the classes explained."""
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        out, seconds = timed(device, self.method.explain, batch.images, targets)
+        columns = {"seconds_method": seconds}
+        inputs = MetricInput(batch.images, batch.labels, batch.masks, batch.ids, out)
+        scores: dict[str, torch.Tensor] = {}
+        for name, metric in self.metrics.items():
+            values, seconds = timed(device, metric.update, inputs)
+            scores |= {k: v.cpu() for k, v in values.items()}
+            columns[f"seconds_{name}"] = seconds
+        n = len(batch.ids)
+        per_image = {k: v / n for k, v in columns.items()}
+        per_image |= {f"passes_{k}": v for k, v in vars(out.passes).items()}
+        per_image["peak_memory_mb"] = peak_memory_mb(device)
+        self.writer.append(_rows(batch.ids, batch.labels.cpu(), out, scores, per_image))
+        return out.targets
+
+    def summary(self, resamples: int, seed: int) -> pd.DataFrame:
+        """Scores (then values derived from their means), then costs: n, mean, sd, 95% interval."""
+        rows = self.writer.rows()
+        names = [name for m in self.metrics.values() for name in m.names]
+        derived = {name: fn for m in self.metrics.values() for name, fn in m.derived.items()}
+        costs = ["seconds_method", *(f"seconds_{name}" for name in self.metrics), *Passes.columns(), "peak_memory_mb"]
+        parts = [summarise(rows, names, resamples, seed, derived), summarise(rows, costs, resamples, seed)]
+        return pd.concat(parts, ignore_index=True)
+
+
+def beside_baselines(
+    summaries: dict[str, pd.DataFrame], method: str, metrics: dict[str, Metric]
+) -> tuple[pd.DataFrame, str]:
+    """The method's summary with each baseline's mean in a column of its own, and ``flag`` naming
+    the baselines that score at or above the method (by the metric's direction); also the flags
+    as one line (``fakecam: average_drop, complexity``) for the results table."""
+    summary = summaries[method].copy()
+    lower = set().union(*(m.lower_is_better for m in metrics.values()))
+    scored = {name for m in metrics.values() for name in (*m.names, *m.derived)}
+    flags = {row.metric: [] for row in summary.itertuples() if row.metric in scored}
+    for name, other in summaries.items():
+        if name == method:
+            continue
+        summary[name] = summary["metric"].map(other.set_index("metric")["mean"])
+        for row in summary.itertuples():
+            if row.metric in flags:
+                theirs, ours = getattr(row, name), row.mean
+                if (theirs <= ours) if row.metric in lower else (theirs >= ours):
+                    flags[row.metric].append(name)
+    summary["flag"] = summary["metric"].map(lambda metric: " ".join(f"{b} >= method" for b in flags.get(metric, [])))
+    by_baseline = {b: [m for m, names in flags.items() if b in names] for b in summaries if b != method}
+    line = "; ".join(f"{b}: {', '.join(ms)}" for b, ms in by_baseline.items() if ms)
+    return summary, line
 
 
 def _rows(ids: list[str], labels: torch.Tensor, out, scores: dict[str, torch.Tensor], costs: dict) -> list[dict]:

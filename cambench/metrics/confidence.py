@@ -1,0 +1,61 @@
+"""Average Drop and Increase in Confidence, Chattopadhyay et al., "Grad-CAM++: Generalized
+Gradient-Based Visual Explanations for Deep Convolutional Networks", WACV 2018,
+https://arxiv.org/abs/1710.11063, and Average Gain, Zhang et al., "Opti-CAM: Optimizing saliency
+maps for interpretability", CVIU 2024, https://arxiv.org/abs/2301.07002.
+
+Y is the softmax probability of the explained class c on the image x, O the same on the
+explanation input x * L: the model's (normalised) input tensor times the map L in [0, 1] at input
+size, so a removed pixel becomes the dataset's mean colour (Poppi et al.'s code, TorchCAM's
+``ClassificationMetric``). Per image, as fractions (papers print them x 100):
+
+    Average Drop            max(0, Y - O) / Y           lower is better
+    Increase in Confidence  1[O > Y]                    higher is better
+    Average Gain            max(0, O - Y) / (1 - Y)     higher is better (0 where Y = 1)
+
+pytorch-grad-cam's ``DropInConfidence`` is the absolute drop max(0, Y - O), not divided by Y: not
+the paper's measure. TorchCAM divides by Y + 1e-7; we divide by Y exactly. One forward pass per
+image (the explanation input), batched through the run's scorer.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from cambench.metrics.base import Metric, MetricInput, register
+
+NAMES = ("average_drop", "increase_in_confidence", "average_gain")
+
+
+def confidence_changes(clean: Tensor, explained: Tensor) -> dict[str, Tensor]:
+    """Per-image Average Drop, Increase in Confidence and Average Gain (B,) from the class
+    probabilities Y on the images (``clean``) and O on the explanation inputs (``explained``)."""
+    clean, explained = clean.double(), explained.double()
+    gain = torch.where(clean < 1, (explained - clean).clamp_min(0) / (1 - clean).clamp_min(1e-300), 0.0)
+    return {
+        "average_drop": ((clean - explained).clamp_min(0) / clean).float(),
+        "increase_in_confidence": (explained > clean).float(),
+        "average_gain": gain.float(),
+    }
+
+
+def class_probability(logits: Tensor, targets: Tensor) -> Tensor:
+    """Softmax probability (B,) of ``targets`` under ``logits`` (B, classes)."""
+    return logits.float().softmax(1).gather(1, targets[:, None])[:, 0]
+
+
+def explanation_inputs(images: Tensor, maps: Tensor) -> Tensor:
+    """x * L: the model input times the map (B, H, W) in [0, 1], broadcast over channels."""
+    return images * maps[:, None].to(images.dtype)
+
+
+@register("confidence")
+class Confidence(Metric):
+    """Average Drop, Increase in Confidence and Average Gain; see the module docstring."""
+
+    names = NAMES
+    lower_is_better = frozenset({"average_drop"})
+
+    def score(self, batch: MetricInput) -> dict[str, Tensor]:
+        explained = self.ctx.scorer(explanation_inputs(batch.images, batch.maps), batch.targets)
+        return confidence_changes(class_probability(batch.cam.logits, batch.targets), explained)
