@@ -149,6 +149,7 @@ def test_every_dataset_config_validates(dataset, tmp_path):
         ("runner.score_batch_size=abc", "runner.score_batch_size must be auto or an integer >= 1"),
         ("+method.samples=3", "method: Key 'samples' not in"),
         ("method=smoothgradcampp", None),
+        ("metrics=all", None),
         ("method=smoothgradcampp method.samples=many", "method: Value 'many' of type 'str' could not be converted"),
         ("method=smoothgradcampp method.samples=0", "smoothgradcampp needs samples >= 1"),
         ("method=reciprocam method.kernel=box", "unknown reciprocam kernel 'box'; valid: onehot, gaussian"),
@@ -218,3 +219,20 @@ def test_cuda_device_without_cuda_is_a_config_error():
     with pytest.raises(DeviceError, match=r"CUDA is not available; use runner\.device=cpu or auto"):
         resolve_device("cuda")
     assert resolve_device("auto") == torch.device("cpu")
+
+
+def test_every_metric_in_one_run(tmp_path):
+    from cambench.runner.run import run
+
+    overrides = ["metrics=all", "metrics.faithfulness_correlation.runs=4", "metrics.faithfulness_correlation.subset=16"]
+    overrides += ["metrics.infidelity.samples=2", "model.weights=random", "dataset.image_size=64"]
+    cfg = validate(compose_cfg(*overrides, f"runner.results_table={tmp_path / 'runs.csv'}", *FAST))
+    assert list(cfg.metrics) == ["deletion_insertion", "adcc", "faithfulness_correlation", "infidelity"]
+    result = run(cfg, tmp_path / "run")
+    scores = [*SCORES[:-1], "faithfulness_correlation", "infidelity"]
+    assert result.rows[scores].notna().all().all() and (result.rows["infidelity"] >= 0).all()
+    assert result.rows["faithfulness_correlation"].between(-1, 1).all()
+    fake = pd.read_csv(tmp_path / "run" / "per_image_fakecam.csv")
+    assert fake["id"].tolist() == result.rows["id"].tolist() and fake[scores[:-2]].notna().all().all()
+    # Fake-CAM's map is 1 but at one pixel: nearly every subset has the same mass, so r is mostly undefined
+    assert {"fakecam", "flag"} <= set(result.summary.columns)

@@ -13,7 +13,7 @@ from scipy.stats import pearsonr
 from torch import nn
 
 from cambench.methods import CAMOutput
-from cambench.metrics import MetricContext, MetricInput, build_metric
+from cambench.metrics import MetricContext, MetricError, MetricInput, build_metric
 from cambench.metrics.adcc import adcc, adcc_of_means, coherency, complexity
 from cambench.metrics.confidence import confidence_changes
 from cambench.models.engine import Passes
@@ -188,3 +188,64 @@ def test_average_drop_and_increase_agree_with_torchcam_on_the_same_maps():
 def context_for(model: nn.Module) -> MetricContext:
     method = make_method("gradcam", model, "2")
     return MetricContext(method.engine, method)
+
+
+def test_faithfulness_correlation_exact_on_a_linear_stub():
+    from cambench.metrics.faithfulness_correlation import faithfulness_correlation, random_subsets
+
+    model = MeanLogit().eval()
+    ctx = context("gradcam", model)
+    images = torch.rand(2, 3, 6, 6)
+    subsets = random_subsets((2, 36), 20, 5, torch.Generator().manual_seed(0))
+    assert subsets.shape == (2, 20, 5) and all(len(set(run.tolist())) == 5 for run in subsets.flatten(0, 1))
+    clean = images[:, 0].mean((1, 2))  # the logit of class 0
+    targets = torch.zeros(2, dtype=torch.long)
+    # baseline 0: removing S drops the logit by sum_{i in S} x0_i / 36: a map equal to x0 correlates exactly
+    zeros = torch.zeros_like(images)
+    value = faithfulness_correlation(ctx.scorer, images, images[:, 0], targets, zeros, subsets, clean)
+    torch.testing.assert_close(value, torch.ones(2))
+    flipped = faithfulness_correlation(ctx.scorer, images, -images[:, 0], targets, zeros, subsets, clean)
+    torch.testing.assert_close(flipped, -torch.ones(2))
+    flat = faithfulness_correlation(ctx.scorer, images, torch.ones(2, 6, 6), targets, zeros, subsets, clean)
+    assert flat.isnan().all()  # a constant map: every subset has the same mass, r undefined
+
+
+def test_faithfulness_correlation_metric_is_seeded_and_checks_its_subset():
+    model = MeanLogit().eval()
+    images = torch.rand(2, 3, 6, 6)
+    ctx = context("gradcam", model)
+    out = ctx.method.explain(images)
+    first = build_metric("faithfulness_correlation", ctx, runs=8, subset=4).update(metric_input(images, out))
+    again = build_metric("faithfulness_correlation", ctx, runs=8, subset=4).update(metric_input(images, out))
+    torch.testing.assert_close(first["faithfulness_correlation"], again["faithfulness_correlation"])
+    with pytest.raises(MetricError, match="subset=40 is more than the 36 pixels"):
+        build_metric("faithfulness_correlation", ctx, runs=8, subset=40).update(metric_input(images, out))
+    with pytest.raises(MetricError, match="baseline must be one of black, mean, uniform"):
+        build_metric("faithfulness_correlation", ctx, baseline="grey")
+
+
+def test_infidelity_by_hand_and_as_captum_computes_it_with_the_same_perturbations():
+    from captum.metrics import infidelity as captum_infidelity
+
+    from cambench.metrics.infidelity import infidelity
+
+    model = MeanLogit().eval()
+    ctx = context("gradcam", model)
+    images, maps = torch.rand(2, 3, 4, 4), torch.rand(2, 4, 4)
+    noise = 0.2 * torch.randn(2, 5, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    targets = torch.zeros(2, dtype=torch.long)
+    clean = images[:, 0].mean((1, 2))
+    ours = infidelity(ctx.scorer, images, maps, targets, noise, clean)
+    # by hand: the logit drops by mean(I_0); the map explains sum_hw L (I_0 + I_1 + I_2)
+    explained = (maps[:, None] * noise.sum(2)).sum((2, 3))
+    expected = ((explained - noise[:, :, 0].mean((2, 3))) ** 2).mean(1)
+    torch.testing.assert_close(ours, expected)
+    flat = noise.flatten(0, 1)  # Captum repeats each input N times, image-major, as our rows
+
+    def perturb(inputs):
+        return flat, inputs - flat
+
+    theirs = captum_infidelity(
+        model, perturb, images, maps[:, None].expand(-1, 3, -1, -1), n_perturb_samples=5, target=0
+    )
+    torch.testing.assert_close(ours, theirs.float(), rtol=1e-5, atol=1e-7)

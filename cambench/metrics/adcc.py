@@ -32,8 +32,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from cambench.metrics.base import Metric, MetricInput, register
-from cambench.metrics.confidence import NAMES, class_probability, confidence_changes, explanation_inputs
+from cambench.metrics.base import Metric, MetricInput, class_scores, register
+from cambench.metrics.confidence import NAMES, confidence_changes, explanation_inputs
 
 
 def coherency(maps: Tensor, again: Tensor) -> Tensor:
@@ -73,8 +73,8 @@ class ADCC(Metric):
 
     def score(self, batch: MetricInput) -> dict[str, Tensor]:
         again = self.ctx.method.explain(explanation_inputs(batch.images, batch.maps), batch.targets)
-        clean = class_probability(batch.cam.logits, batch.targets)
-        values = confidence_changes(clean, class_probability(again.logits, batch.targets))
+        clean = class_scores(batch.cam.logits, batch.targets)
+        values = confidence_changes(clean, class_scores(again.logits, batch.targets))
         values["coherency"] = coherency(batch.maps, again.maps)
         values["complexity"] = complexity(batch.maps)
         values["adcc_per_image"] = adcc(values["coherency"], values["complexity"], values["average_drop"])

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from cambench.metrics.base import Metric, MetricInput, register
+from cambench.metrics.base import Metric, MetricInput, class_scores, register
 
 NAMES = ("average_drop", "increase_in_confidence", "average_gain")
 
@@ -39,11 +39,6 @@ def confidence_changes(clean: Tensor, explained: Tensor) -> dict[str, Tensor]:
     }
 
 
-def class_probability(logits: Tensor, targets: Tensor) -> Tensor:
-    """Softmax probability (B,) of ``targets`` under ``logits`` (B, classes)."""
-    return logits.float().softmax(1).gather(1, targets[:, None])[:, 0]
-
-
 def explanation_inputs(images: Tensor, maps: Tensor) -> Tensor:
     """x * L: the model input times the map (B, H, W) in [0, 1], broadcast over channels."""
     return images * maps[:, None].to(images.dtype)
@@ -58,4 +53,4 @@ class Confidence(Metric):
 
     def score(self, batch: MetricInput) -> dict[str, Tensor]:
         explained = self.ctx.scorer(explanation_inputs(batch.images, batch.maps), batch.targets)
-        return confidence_changes(class_probability(batch.cam.logits, batch.targets), explained)
+        return confidence_changes(class_scores(batch.cam.logits, batch.targets), explained)
