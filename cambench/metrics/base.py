@@ -107,6 +107,14 @@ class Metric:
     def __init__(self, ctx: MetricContext):
         self.ctx = ctx
         self._values: dict[str, list[Tensor]] = {name: [] for name in self.names}
+        self._generator: torch.Generator | None = None
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        """This metric's own generator, seeded by the run and made on first use on the batch's device:
+        its draws go on from batch to batch and do not depend on the other metrics."""
+        if self._generator is None:
+            self._generator = self.ctx.generator(device)
+        return self._generator
 
     @classmethod
     def check(cls, **params: Any) -> None:

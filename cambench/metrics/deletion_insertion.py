@@ -93,7 +93,6 @@ class DeletionInsertion(Metric):
     def __init__(self, ctx: MetricContext, steps: int = 224, blur_kernel: int = 11, blur_sigma: float = 5.0):
         super().__init__(ctx)
         self.steps, self.blur_kernel, self.blur_sigma = steps, blur_kernel, blur_sigma
-        self.generator: torch.Generator | None = None
 
     @classmethod
     def check(cls, steps: int = 224, blur_kernel: int = 11, blur_sigma: float = 5.0) -> None:
@@ -106,8 +105,6 @@ class DeletionInsertion(Metric):
             )
 
     def score(self, batch: MetricInput) -> dict[str, Tensor]:
-        if self.generator is None:
-            self.generator = self.ctx.generator(batch.images.device)
         return deletion_insertion(
             self.ctx.scorer,
             batch.images,
@@ -116,5 +113,5 @@ class DeletionInsertion(Metric):
             self.steps,
             self.blur_kernel,
             self.blur_sigma,
-            self.generator,
+            self.generator(batch.images.device),
         )

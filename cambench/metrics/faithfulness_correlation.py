@@ -81,7 +81,6 @@ class FaithfulnessCorrelation(Metric):
     ):
         super().__init__(ctx)
         self.runs, self.subset, self.baseline, self.output = runs, subset, baseline, output
-        self.generator: torch.Generator | None = None
 
     @classmethod
     def check(cls, runs: int = 100, subset: int = 224, baseline: str = "black", output: str = "logit") -> None:
@@ -95,15 +94,13 @@ class FaithfulnessCorrelation(Metric):
 
     def score(self, batch: MetricInput) -> dict[str, Tensor]:
         images = batch.images
-        if self.generator is None:
-            self.generator = self.ctx.generator(images.device)
         b, _, h, w = images.shape
         if self.subset > h * w:
             raise MetricError(
                 f"faithfulness_correlation.subset={self.subset} is more than the {h * w} pixels of an image: "
                 "choose a smaller subset"
             )
-        subsets = random_subsets((b, h * w), self.runs, self.subset, self.generator)
+        subsets = random_subsets((b, h * w), self.runs, self.subset, self.generator(images.device))
         clean = class_scores(batch.cam.logits, batch.targets, self.output)
         value = faithfulness_correlation(
             self.ctx.scorer, images, batch.maps, batch.targets, self.substrate(images), subsets, clean, self.output
@@ -116,5 +113,6 @@ class FaithfulnessCorrelation(Metric):
             return torch.zeros_like(images)
         if self.baseline == "black":
             return self.ctx.preprocessing.from_pixels(torch.zeros_like(images))
-        noise = torch.rand(images.shape, generator=self.generator, device=images.device, dtype=images.dtype)
+        generator = self.generator(images.device)
+        noise = torch.rand(images.shape, generator=generator, device=images.device, dtype=images.dtype)
         return self.ctx.preprocessing.from_pixels(noise)

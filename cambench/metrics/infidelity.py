@@ -46,7 +46,6 @@ class Infidelity(Metric):
     def __init__(self, ctx: MetricContext, samples: int = 10, sigma: float = 0.2, output: str = "logit"):
         super().__init__(ctx)
         self.samples, self.sigma, self.output = samples, sigma, output
-        self.generator: torch.Generator | None = None
 
     @classmethod
     def check(cls, samples: int = 10, sigma: float = 0.2, output: str = "logit") -> None:
@@ -58,10 +57,9 @@ class Infidelity(Metric):
 
     def score(self, batch: MetricInput) -> dict[str, Tensor]:
         images = batch.images
-        if self.generator is None:
-            self.generator = self.ctx.generator(images.device)
         shape = (len(images), self.samples, *images.shape[1:])
-        noise = self.sigma * torch.randn(shape, generator=self.generator, device=images.device, dtype=images.dtype)
+        noise = torch.randn(shape, generator=self.generator(images.device), device=images.device, dtype=images.dtype)
+        noise = self.sigma * noise
         clean = class_scores(batch.cam.logits, batch.targets, self.output)
         value = infidelity(self.ctx.scorer, images, batch.maps, batch.targets, noise, clean, self.output)
         return {"infidelity": value}
