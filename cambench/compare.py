@@ -50,8 +50,9 @@ def load_run(folder: Path) -> Run:
     if not info.exists() or not rows.exists():
         raise CompareError(f"{folder} is not a finished run (no {RUN_INFO} or {PER_IMAGE}): give a run's output folder")
     config = json.loads(info.read_text())["config"]
-    classes = [METRICS[name] for name in config["metrics"] if name in METRICS]
-    scores = [name for cls in classes for name in cls.names]
+    metrics = {name: params or {} for name, params in config["metrics"].items() if name in METRICS}
+    classes = [METRICS[name] for name in metrics]
+    scores = [column for name, params in metrics.items() for column in METRICS[name].columns(**params)]
     lower = set().union(*(cls.lower_is_better for cls in classes))
     label = f"{config['method']['name']}/{config['model']['name']}"
     return Run(label, pd.read_csv(rows).set_index("id"), scores, lower)

@@ -137,7 +137,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     for name, params in cfg.metrics.items():
         _check_choice(name, sorted(METRICS), "metric")
         metrics[name] = _params(METRICS[name], params or OmegaConf.create({}), f"metrics.{name}")
-        for column in (*METRICS[name].names, *METRICS[name].derived):
+        for column in (*METRICS[name].columns(**metrics[name]), *METRICS[name].derived):
             if column in writers:
                 raise ConfigError(
                     f"metrics {writers[column]} and {name} both write {column}: keep one of them "

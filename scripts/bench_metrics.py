@@ -20,7 +20,15 @@ from collections.abc import Callable
 import torch
 import torchvision
 
-from cambench.metrics.deletion_insertion import deletion_insertion, perturbation_curve, pixel_ranks
+from cambench.data.preprocessing import Preprocessing
+from cambench.metrics.deletion_insertion import (
+    areas,
+    curve_points,
+    deletion_insertion_curves,
+    perturbation_curve,
+    pixel_ranks,
+)
+from cambench.metrics.substrates import substrate
 from cambench.models.scorer import Scorer
 from cambench.models.split import split_model
 
@@ -70,17 +78,21 @@ def bench_model(arch: str, args: argparse.Namespace, device: torch.device) -> No
     targets = torch.randint(1000, (n,), device=device)
     ranks = pixel_ranks(maps, torch.Generator(device=device).manual_seed(0))
     zeros = torch.zeros_like(images)
+    blurred = substrate("blur", images, Preprocessing())
+    counts, intervals = curve_points(args.image_size**2, steps, device=device)
     print(f"\n{arch}: best forward {1000 * t_forward:.1f} ms/image at batch {best_batch}")
     print(f"  {'metric':20s} {'chunks':>14s} {'ms/image':>9s} {'limit':>9s} {'ratio':>6s}")
     for label, chunk in (("probed", None), ("fixed", 256)):
         scorer = Scorer(split, chunk, memory_format=torch.channels_last)
         rows = {
             "deletion curve": (
-                lambda scorer=scorer: perturbation_curve(scorer, images, zeros, ranks, targets, steps),
+                lambda scorer=scorer: perturbation_curve(scorer, images, zeros, ranks, targets, counts),
                 steps + 1,
             ),
             "deletion_insertion": (
-                lambda scorer=scorer: deletion_insertion(scorer, images, maps, targets, steps),
+                lambda scorer=scorer: areas(
+                    deletion_insertion_curves(scorer, images, ranks, targets, zeros, blurred, counts), intervals
+                ),
                 2 * (steps + 1),
             ),
         }

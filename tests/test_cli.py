@@ -63,6 +63,12 @@ def test_default_run_writes_rows_summary_config_and_table_row(tmp_path):
     assert info["timings"]["images"] == "4 images, 4 classes, 1 per class (seeded subset of 10000)"
     table = pd.read_csv(tmp_path / "runs.csv")
     assert table[["model", "method", "images"]].values.tolist() == [["mobilenet_v3_small", "gradcam", 4]]
+    # mean curves of the method and the baseline, for plotting: 4 steps -> 5 points on [0, 1]
+    curves = pd.read_csv(tmp_path / "run" / "curves.csv")
+    deletion = curves[(curves["explainer"] == "gradcam") & (curves["curve"] == "deletion")]
+    assert deletion["x"].tolist() == [0, 0.25, 0.5, 0.75, 1] and set(curves["explainer"]) == {"gradcam", "fakecam"}
+    mean = deletion["mean"].to_numpy()  # the area is linear in the curve: AUC of the mean curve = mean AUC
+    assert (mean.sum() - mean[0] / 2 - mean[-1] / 2) / 4 == pytest.approx(rows["deletion"].mean(), rel=1e-5)
     # the Fake-CAM sanity row: the same images and classes, the same metrics, its means beside the method's
     fake = pd.read_csv(tmp_path / "run" / "per_image_fakecam.csv")
     assert fake["id"].tolist() == rows["id"].tolist() and fake["target"].tolist() == rows["target"].tolist()
@@ -139,9 +145,9 @@ def test_every_dataset_config_validates(dataset, tmp_path):
         ("runner.batch_size=abc", "runner:"),
         ("runner.device=gpu", "valid choices: auto, cpu, cuda, cuda:N"),
         ("model.name=resnet5", "unknown model.name 'resnet5'"),
-        ("+metrics.deletion_insertion.step=3", "steps: int = 224, blur_kernel: int = 11, blur_sigma: float = 5.0"),
+        ("+metrics.deletion_insertion.step=3", "steps: int = 224, pixels_per_step: int | None = None, final_point"),
         ("metrics.deletion_insertion.steps=abc", "metrics.deletion_insertion: Value 'abc' of type 'str' could not"),
-        ("metrics.deletion_insertion.steps=0", "metrics.deletion_insertion: deletion_insertion.steps must be >= 1"),
+        ("metrics.deletion_insertion.steps=0", "metrics.deletion_insertion: deletion_insertion.steps and pixels_per_step must be >= 1"),
         ("+metrics.nosuch={}", "unknown metric 'nosuch'; valid choices: adcc, confidence, deletion_insertion"),
         ("+metrics.confidence={}", "metrics adcc and confidence both write average_drop: keep one of them"),
         ("runner.batch_size=0", "runner.batch_size must be >= 1, got 0"),
@@ -219,6 +225,22 @@ def test_cuda_device_without_cuda_is_a_config_error():
     with pytest.raises(DeviceError, match=r"CUDA is not available; use runner\.device=cpu or auto"):
         resolve_device("cuda")
     assert resolve_device("auto") == torch.device("cpu")
+
+
+def test_presets_compose_with_other_metrics():
+    cfg = validate(compose_cfg("metrics=[poppi,adcc]"))
+    assert list(cfg.metrics) == ["deletion_insertion", "adcc"]
+    poppi = cfg.metrics.deletion_insertion
+    assert (poppi.steps, poppi.final_point, poppi.deletion_substrate, poppi.insertion_substrate) == (
+        100,
+        False,
+        "black",
+        "black",
+    )
+    rise = validate(compose_cfg("metrics=rise")).metrics.deletion_insertion
+    assert (rise.pixels_per_step, rise.deletion_substrate, rise.insertion_substrate) == (224, "zeros", "blur")
+    with pytest.raises(ConfigError, match="deletion_substrate must be one of"):
+        validate(compose_cfg("metrics.deletion_insertion.deletion_substrate=grey"))
 
 
 def test_every_metric_in_one_run(tmp_path):

@@ -220,7 +220,7 @@ def test_faithfulness_correlation_metric_is_seeded_and_checks_its_subset():
     torch.testing.assert_close(first["faithfulness_correlation"], again["faithfulness_correlation"])
     with pytest.raises(MetricError, match="subset=40 is more than the 36 pixels"):
         build_metric("faithfulness_correlation", ctx, runs=8, subset=40).update(metric_input(images, out))
-    with pytest.raises(MetricError, match="baseline must be one of black, mean, uniform"):
+    with pytest.raises(MetricError, match="baseline must be one of black, zeros, mean, uniform"):
         build_metric("faithfulness_correlation", ctx, baseline="grey")
 
 

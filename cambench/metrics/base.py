@@ -120,6 +120,12 @@ class Metric:
     def check(cls, **params: Any) -> None:
         """Raise MetricError for parameter values the metric cannot use (types are checked by the config)."""
 
+    @classmethod
+    def columns(cls, **params: Any) -> tuple[str, ...]:
+        """The per-image columns written with these parameters: ``names``, unless an option adds or drops some
+        (an instance's ``names`` are its own columns)."""
+        return cls.names
+
     def score(self, batch: MetricInput) -> dict[str, Tensor]:
         raise NotImplementedError
 
@@ -132,6 +138,10 @@ class Metric:
     def compute(self) -> dict[str, Tensor]:
         means = {name: torch.cat(v).nanmean() for name, v in self._values.items() if v}
         return means | {name: fn(means) for name, fn in self.derived.items() if means}
+
+    def curves(self) -> dict[str, tuple[Tensor, Tensor]]:
+        """Mean curves so far, ``{name: (x, mean y)}``, for metrics that trace one per image (else empty)."""
+        return {}
 
 
 def class_scores(logits: Tensor, targets: Tensor, output: str = "probability") -> Tensor:

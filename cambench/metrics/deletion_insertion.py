@@ -1,30 +1,40 @@
 """Deletion and insertion AUC. Petsiuk et al., "RISE: Randomized Input Sampling for
 Explanation of Black-box Models", BMVC 2018, https://arxiv.org/abs/1806.07421 (protocol of
-the official code, eclique/RISE).
+the official code, eclique/RISE), with the variants papers use.
 
 Pixels are ranked by descending saliency, ties in a seeded random order (Grad-CAM maps are
-often half exact zeros, and raster order would favour the top rows). At step i = 0..n the top
-round(i * HW / n) pixels are taken from ``finish`` and the rest from ``start``, so point i lies
-exactly at x = i / n; the curve is the softmax probability of the target class and the score
-its trapezoid area on [0, 1]:
+often half exact zeros, and raster order would favour the top rows). At point i the c_i
+top-ranked pixels are taken from ``finish`` and the rest from ``start``; the curve is the target
+class's softmax probability (or logit) and the score its trapezoid area with x_i = i / n:
 
-    AUC = (sum_i p_i - p_0 / 2 - p_n / 2) / n
+    AUC = (sum_i p_i - p_first / 2 - p_last / 2) / n
 
-Deletion: start = image, finish = zeros (the mean colour in normalised space); lower is better.
-Insertion: start = blur(image), finish = image; higher is better. The blur is RISE's: its
-kernel is ``scipy.ndimage.gaussian_filter`` of an 11 x 11 delta with sigma 5 (reflected,
-truncated at 4 sigma), applied per channel with zero padding. The (n + 1) perturbed copies of
-every image are built chunk by chunk and scored by the run's scorer.
+- ``steps`` n: c_i = round(i * HW / n), i = 0..n, so point i lies exactly at x = i / n;
+  ``pixels_per_step`` s instead: n = ceil(HW / s) and c_i = min(i * s, HW), as RISE's code does
+  (its last step may move fewer pixels; the area still takes x_i = i / n).
+- ``final_point=False`` drops the point i = n (Poppi et al.'s code scores 0%, 1%, ..., 99% and
+  takes ``sklearn.metrics.auc`` on arange(0, 1, 0.01): the area on [0, 0.99]).
+- Deletion: start = image, finish = ``deletion_substrate``; lower is better. Insertion:
+  start = ``insertion_substrate``, finish = image; higher is better. Substrates: see
+  :mod:`cambench.metrics.substrates` (RISE: zeros and a blur of kernel 11, sigma 5).
+- ``lerf``: also the least-relevant-first curves (ranks reversed), and the area between each pair:
+  deletion_between = deletion_lerf - deletion, insertion_between = insertion - insertion_lerf
+  (higher is better for both).
+
+The perturbed copies of every image are built chunk by chunk and scored by the run's scorer;
+(points) forward passes per image per curve. The metric keeps the mean curves for plotting.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-from cambench.data.blur import gaussian_blur
 from cambench.metrics.base import Metric, MetricContext, MetricError, MetricInput, register
-from cambench.models.scorer import Scorer, expand_rows, owners
+from cambench.metrics.substrates import SUBSTRATES, substrate
+from cambench.models.scorer import OUTPUTS, Scorer, expand_rows, owners
 
 
 def pixel_ranks(saliency: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -43,75 +53,173 @@ def step_counts(pixels: int, steps: int, device: torch.device | None = None) -> 
     return (2 * i * pixels + steps) // (2 * steps)
 
 
+def curve_points(
+    pixels: int,
+    steps: int = 224,
+    pixels_per_step: int | None = None,
+    final_point: bool = True,
+    device: torch.device | None = None,
+) -> tuple[Tensor, int]:
+    """Pixels moved at each point of a curve, and the number of intervals n (point i at x = i / n)."""
+    if pixels_per_step is None:
+        counts = step_counts(pixels, steps, device)
+    else:
+        steps = math.ceil(pixels / pixels_per_step)
+        counts = (torch.arange(steps + 1, device=device) * pixels_per_step).clamp(max=pixels)
+    return (counts if final_point else counts[:-1]), steps
+
+
 def perturbation_curve(
-    scorer: Scorer, start: Tensor, finish: Tensor, ranks: Tensor, targets: Tensor, steps: int
+    scorer: Scorer,
+    start: Tensor,
+    finish: Tensor,
+    ranks: Tensor,
+    targets: Tensor,
+    counts: Tensor,
+    output: str = "probability",
 ) -> Tensor:
-    """Target probability (B, steps + 1) after moving the round(i * HW / steps) top-ranked pixels
-    from ``start`` to ``finish``; ``ranks`` (B, H*W) from :func:`pixel_ranks`."""
+    """Target score (B, points) after moving the ``counts[i]`` top-ranked pixels from ``start`` to
+    ``finish``; ``ranks`` (B, H*W) from :func:`pixel_ranks`."""
     b, _, h, w = start.shape
     ranks = ranks.view(b, 1, h, w)
-    counts = step_counts(h * w, steps, start.device)
+    points = len(counts)
+    counts = counts.to(start.device)
 
     def perturbed(rows: slice) -> tuple[Tensor]:
-        _, step = owners(rows, steps + 1, start.device)
-        moved = expand_rows(ranks, rows, steps + 1) < counts[step].view(-1, 1, 1, 1)
-        return (torch.where(moved, expand_rows(finish, rows, steps + 1), expand_rows(start, rows, steps + 1)),)
+        _, point = owners(rows, points, start.device)
+        moved = expand_rows(ranks, rows, points) < counts[point].view(-1, 1, 1, 1)
+        return (torch.where(moved, expand_rows(finish, rows, points), expand_rows(start, rows, points)),)
 
-    return scorer.score_rows(targets, steps + 1, perturbed, output="probability")
-
-
-def auc(curve: Tensor) -> Tensor:
-    """Trapezoid area of (B, n + 1) curves sampled evenly on [0, 1]."""
-    return (curve.sum(1) - curve[:, 0] / 2 - curve[:, -1] / 2) / (curve.shape[1] - 1)
+    return scorer.score_rows(targets, points, perturbed, output=output)
 
 
-def deletion_insertion(
+def auc(curve: Tensor, intervals: int | None = None) -> Tensor:
+    """Trapezoid area of (B, points) curves with point i at x = i / intervals (default: points - 1, on [0, 1])."""
+    intervals = curve.shape[1] - 1 if intervals is None else intervals
+    return (curve.sum(1) - curve[:, 0] / 2 - curve[:, -1] / 2) / intervals
+
+
+def deletion_insertion_curves(
     scorer: Scorer,
     images: Tensor,
-    saliency: Tensor,
+    ranks: Tensor,
     targets: Tensor,
-    steps: int = 224,
-    blur_kernel: int = 11,
-    blur_sigma: float = 5.0,
-    generator: torch.Generator | None = None,
+    deletion_substrate: Tensor,
+    insertion_substrate: Tensor,
+    counts: Tensor,
+    output: str = "probability",
+    lerf: bool = False,
 ) -> dict[str, Tensor]:
-    """Per-image deletion and insertion AUC, (B,) each."""
-    ranks = pixel_ranks(saliency, generator)
-    deletion = perturbation_curve(scorer, images, torch.zeros_like(images), ranks, targets, steps)
-    blurred = gaussian_blur(images, blur_kernel, blur_sigma)
-    insertion = perturbation_curve(scorer, blurred, images, ranks, targets, steps)
-    return {"deletion": auc(deletion), "insertion": auc(insertion)}
+    """The curves (B, points): deletion and insertion, and with ``lerf`` their least-relevant-first twins."""
+    orders = {"": ranks} | ({"_lerf": ranks.shape[1] - 1 - ranks} if lerf else {})
+    curves = {}
+    for suffix, order in orders.items():
+        curves[f"deletion{suffix}"] = perturbation_curve(
+            scorer, images, deletion_substrate, order, targets, counts, output
+        )
+        curves[f"insertion{suffix}"] = perturbation_curve(
+            scorer, insertion_substrate, images, order, targets, counts, output
+        )
+    return curves
+
+
+def areas(curves: dict[str, Tensor], intervals: int) -> dict[str, Tensor]:
+    """AUC (B,) of each curve, and the areas between the orderings where both are there."""
+    out = {name: auc(curve, intervals) for name, curve in curves.items()}
+    if "deletion_lerf" in out:
+        out["deletion_between"] = out["deletion_lerf"] - out["deletion"]
+        out["insertion_between"] = out["insertion"] - out["insertion_lerf"]
+    return out
 
 
 @register("deletion_insertion")
 class DeletionInsertion(Metric):
     """Deletion (lower is better) and insertion (higher is better) AUC; see the module docstring."""
 
-    names = ("deletion", "insertion")
-    lower_is_better = frozenset({"deletion"})
+    names = ("deletion", "insertion", "deletion_lerf", "insertion_lerf", "deletion_between", "insertion_between")
+    lower_is_better = frozenset({"deletion", "insertion_lerf"})
 
-    def __init__(self, ctx: MetricContext, steps: int = 224, blur_kernel: int = 11, blur_sigma: float = 5.0):
+    def __init__(
+        self,
+        ctx: MetricContext,
+        steps: int = 224,
+        pixels_per_step: int | None = None,
+        final_point: bool = True,
+        deletion_substrate: str = "zeros",
+        insertion_substrate: str = "blur",
+        blur_kernel: int = 11,
+        blur_sigma: float = 5.0,
+        output: str = "probability",
+        lerf: bool = False,
+    ):
+        self.names = self.columns(lerf=lerf)
         super().__init__(ctx)
-        self.steps, self.blur_kernel, self.blur_sigma = steps, blur_kernel, blur_sigma
+        self.steps, self.pixels_per_step, self.final_point = steps, pixels_per_step, final_point
+        self.substrates = (deletion_substrate, insertion_substrate)
+        self.blur_kernel, self.blur_sigma, self.output, self.lerf = blur_kernel, blur_sigma, output, lerf
+        self._curves: dict[str, Tensor] = {}
+        self._counted: dict[str, Tensor] = {}
+        self._x: Tensor | None = None
 
     @classmethod
-    def check(cls, steps: int = 224, blur_kernel: int = 11, blur_sigma: float = 5.0) -> None:
-        if steps < 1:
-            raise MetricError(f"deletion_insertion.steps must be >= 1, got {steps}")
+    def columns(cls, lerf: bool = False, **_: object) -> tuple[str, ...]:
+        return cls.names if lerf else cls.names[:2]
+
+    @classmethod
+    def check(
+        cls,
+        steps: int = 224,
+        pixels_per_step: int | None = None,
+        final_point: bool = True,
+        deletion_substrate: str = "zeros",
+        insertion_substrate: str = "blur",
+        blur_kernel: int = 11,
+        blur_sigma: float = 5.0,
+        output: str = "probability",
+        lerf: bool = False,
+    ) -> None:
+        if steps < 1 or (pixels_per_step is not None and pixels_per_step < 1):
+            raise MetricError(
+                f"deletion_insertion.steps and pixels_per_step must be >= 1, got {steps} and {pixels_per_step}"
+            )
         if blur_kernel < 1 or blur_kernel % 2 == 0 or blur_sigma <= 0:
             raise MetricError(
                 "deletion_insertion needs an odd blur_kernel >= 1 and blur_sigma > 0, "
                 f"got {blur_kernel} and {blur_sigma}"
             )
+        for which, name in (("deletion_substrate", deletion_substrate), ("insertion_substrate", insertion_substrate)):
+            if name not in SUBSTRATES:
+                raise MetricError(f"deletion_insertion.{which} must be one of {', '.join(SUBSTRATES)}, got {name!r}")
+        if output not in OUTPUTS:
+            raise MetricError(f"deletion_insertion.output must be one of {', '.join(OUTPUTS)}, got {output!r}")
 
     def score(self, batch: MetricInput) -> dict[str, Tensor]:
-        return deletion_insertion(
-            self.ctx.scorer,
-            batch.images,
-            batch.maps,
-            batch.targets,
-            self.steps,
-            self.blur_kernel,
-            self.blur_sigma,
-            self.generator(batch.images.device),
+        images = batch.images
+        h, w = images.shape[-2:]
+        counts, intervals = curve_points(h * w, self.steps, self.pixels_per_step, self.final_point, images.device)
+        if len(counts) < 2:
+            raise MetricError(
+                "deletion_insertion with final_point=false needs at least 2 steps: raise steps or lower pixels_per_step"
+            )
+        generator = self.generator(images.device)
+        deletion, insertion = (
+            substrate(name, images, self.ctx.preprocessing, generator, self.blur_kernel, self.blur_sigma)
+            for name in self.substrates
         )
+        ranks = pixel_ranks(batch.maps, generator)
+        curves = deletion_insertion_curves(
+            self.ctx.scorer, images, ranks, batch.targets, deletion, insertion, counts, self.output, self.lerf
+        )
+        self._accumulate(curves, torch.arange(len(counts), device=images.device) / intervals)
+        return areas(curves, intervals)
+
+    def _accumulate(self, curves: dict[str, Tensor], x: Tensor) -> None:
+        self._x = x.cpu()
+        for name, curve in curves.items():
+            finite = curve.isfinite()
+            total = torch.where(finite, curve, 0.0).sum(0).detach().cpu()
+            self._curves[name] = self._curves.get(name, 0) + total
+            self._counted[name] = self._counted.get(name, 0) + finite.sum(0).cpu()
+
+    def curves(self) -> dict[str, tuple[Tensor, Tensor]]:
+        return {name: (self._x, total / self._counted[name]) for name, total in self._curves.items()}

@@ -7,8 +7,9 @@ Model Explanations", IJCAI 2020, https://arxiv.org/abs/2005.00631 (Quantus's
 over ``runs`` random pixel subsets S of ``subset`` pixels (every channel of a pixel replaced), the
 Pearson correlation over the subsets, per image (higher is better; NaN where either side is
 constant, e.g. a constant map). f_c is the target's logit (``output="logit"``) or softmax
-probability. Baselines: ``black`` (RGB 0 through the preprocessing), ``mean`` (0 in the normalised
-space, the mean colour) or ``uniform`` (seeded noise in [0, 1] pixels). The subsets are seeded by
+probability. Baselines: ``black`` (RGB 0 through the preprocessing), ``zeros`` (0 in the normalised
+space, the dataset's mean colour), ``mean`` (the image's mean colour) or ``uniform`` (seeded noise
+in [0, 1] pixels); see :mod:`cambench.metrics.substrates`. The subsets are seeded by
 the run; ``runs`` forward passes per image, batched through the run's scorer.
 """
 
@@ -18,9 +19,10 @@ import torch
 from torch import Tensor
 
 from cambench.metrics.base import Metric, MetricContext, MetricError, MetricInput, class_scores, register
+from cambench.metrics.substrates import substrate
 from cambench.models.scorer import OUTPUTS, Scorer, expand_rows, owners
 
-BASELINES = ("black", "mean", "uniform")
+BASELINES = ("black", "zeros", "mean", "uniform")
 CHUNK = 256  # rows of random keys drawn at a time
 
 
@@ -102,17 +104,8 @@ class FaithfulnessCorrelation(Metric):
             )
         subsets = random_subsets((b, h * w), self.runs, self.subset, self.generator(images.device))
         clean = class_scores(batch.cam.logits, batch.targets, self.output)
+        baseline = substrate(self.baseline, images, self.ctx.preprocessing, self.generator(images.device))
         value = faithfulness_correlation(
-            self.ctx.scorer, images, batch.maps, batch.targets, self.substrate(images), subsets, clean, self.output
+            self.ctx.scorer, images, batch.maps, batch.targets, baseline, subsets, clean, self.output
         )
         return {"faithfulness_correlation": value}
-
-    def substrate(self, images: Tensor) -> Tensor:
-        """The baseline image (B, C, H, W) in model input space."""
-        if self.baseline == "mean":
-            return torch.zeros_like(images)
-        if self.baseline == "black":
-            return self.ctx.preprocessing.from_pixels(torch.zeros_like(images))
-        generator = self.generator(images.device)
-        noise = torch.rand(images.shape, generator=generator, device=images.device, dtype=images.dtype)
-        return self.ctx.preprocessing.from_pixels(noise)

@@ -22,6 +22,7 @@ from filelock import FileLock
 PER_IMAGE = "per_image.csv"
 SUMMARY = "summary.csv"
 RUN_INFO = "run.json"
+CURVES = "curves.csv"  # mean curves of the method and of each baseline, for plotting
 
 
 def versions() -> dict[str, str]:

@@ -36,7 +36,7 @@ from cambench.models.engine import Engine, Passes
 from cambench.models.scorer import Scorer
 from cambench.models.split import split_model
 from cambench.results.summary import summarise
-from cambench.results.writer import PER_IMAGE, RunWriter, append_to_table
+from cambench.results.writer import CURVES, PER_IMAGE, RunWriter, append_to_table
 from cambench.runner.sampling import coverage, random_subset, stratified_subset
 
 log = logging.getLogger(__name__)
@@ -184,6 +184,9 @@ def run(cfg: DictConfig, out_dir: Path) -> RunResult:
     seconds = time.perf_counter() - start
     for explainer in explainers[1:]:
         summaries[explainer.name].to_csv(out_dir / f"summary_{explainer.name}.csv", index=False)
+    curves = [curve for e in explainers for curve in e.curves()]
+    if curves:
+        pd.concat(curves, ignore_index=True).to_csv(out_dir / CURVES, index=False)
     explainers[0].writer.finish(
         summary,
         OmegaConf.to_container(cfg, resolve=True),
@@ -242,6 +245,14 @@ class Explainer:
         per_image["peak_memory_mb"] = peak_memory_mb(device)
         self.writer.append(_rows(batch.ids, batch.labels.cpu(), out, scores, per_image))
         return out.targets
+
+    def curves(self) -> list[pd.DataFrame]:
+        """The metrics' mean curves in long form, one frame each: explainer, curve, x, mean (a row per point)."""
+        return [
+            pd.DataFrame({"explainer": self.name, "curve": name, "x": x.tolist(), "mean": y.tolist()})
+            for metric in self.metrics.values()
+            for name, (x, y) in metric.curves().items()
+        ]
 
     def summary(self, resamples: int, seed: int) -> pd.DataFrame:
         """Scores (then values derived from their means), then costs: n, mean, sd, 95% interval."""
