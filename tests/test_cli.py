@@ -147,7 +147,7 @@ def test_every_dataset_config_validates(dataset, tmp_path):
         ("model.name=resnet5", "unknown model.name 'resnet5'"),
         ("+metrics.deletion_insertion.step=3", "steps: int = 224, pixels_per_step: int | None = None, final_point"),
         ("metrics.deletion_insertion.steps=abc", "metrics.deletion_insertion: Value 'abc' of type 'str' could not"),
-        ("metrics.deletion_insertion.steps=0", "metrics.deletion_insertion: deletion_insertion.steps and pixels_per_step must be >= 1"),
+        ("metrics.deletion_insertion.steps=0", "deletion_insertion.steps and pixels_per_step must be >= 1"),
         ("+metrics.nosuch={}", "unknown metric 'nosuch'; valid choices: adcc, confidence, deletion_insertion"),
         ("+metrics.confidence={}", "metrics adcc and confidence both write average_drop: keep one of them"),
         ("runner.batch_size=0", "runner.batch_size must be >= 1, got 0"),
@@ -249,11 +249,14 @@ def test_every_metric_in_one_run(tmp_path):
     overrides = ["metrics=all", "metrics.faithfulness_correlation.runs=4", "metrics.faithfulness_correlation.subset=16"]
     overrides += ["metrics.infidelity.samples=2", "model.weights=random", "dataset.image_size=64"]
     cfg = validate(compose_cfg(*overrides, f"runner.results_table={tmp_path / 'runs.csv'}", *FAST))
-    assert list(cfg.metrics) == ["deletion_insertion", "adcc", "faithfulness_correlation", "infidelity"]
+    assert list(cfg.metrics) == ["deletion_insertion", "adcc", "faithfulness_correlation", "infidelity", "road"]
     result = run(cfg, tmp_path / "run")
-    scores = [*SCORES[:-1], "faithfulness_correlation", "infidelity"]
+    scores = [*SCORES[:-1], "road_morf", "road_lerf", "road_difference", "faithfulness_correlation", "infidelity"]
     assert result.rows[scores].notna().all().all() and (result.rows["infidelity"] >= 0).all()
     assert result.rows["faithfulness_correlation"].between(-1, 1).all()
+    road = result.rows[["road_morf", "road_lerf"]]
+    assert road.apply(lambda c: c.between(0, 1)).all().all()
+    assert (result.rows["road_difference"] == result.rows["road_lerf"] - result.rows["road_morf"]).all()
     fake = pd.read_csv(tmp_path / "run" / "per_image_fakecam.csv")
     assert fake["id"].tolist() == result.rows["id"].tolist() and fake[scores[:-2]].notna().all().all()
     # Fake-CAM's map is 1 but at one pixel: nearly every subset has the same mass, so r is mostly undefined
