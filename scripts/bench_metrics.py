@@ -1,51 +1,90 @@
-"""Cost of the metrics relative to their forward-pass limit, measured in one run.
+"""Cost of every metric: seconds per image against its forward-pass limit, and against the peers'
+implementations of the same metric at equal settings, in one run.
 
-    python scripts/bench_metrics.py --models resnet18 resnet50 --steps 32 --images 8
+    python scripts/bench_metrics.py [--models resnet18 resnet50] [--images 8] [--image-size 224]
+        [--steps 32] [--repeats 3] [--peer-repeats 1] [--no-peers] [--device cuda|cpu] [--save FILE]
 
-A deletion curve of S steps needs S + 1 forward passes per image; its limit is that many
-forwards at the device's best batch size, measured here first (the forward pass alone, in
-``torch.inference_mode``, channels_last, at batch sizes 1, 2, 4, ... 64). Each metric is timed
-after a warm-up call, so the scorer's one-time chunk probe is settled, as it is after the first
-batch of a run. The report gives seconds per image, the limit and their ratio, for the scorer's
-probed chunks and for a fixed chunk of 256 rows (the foundation's default), whose cost shows why
-the chunk is probed. Timings are the fastest of ``--repeats`` calls.
+Per model (random weights, eval mode, channels_last, the default target layer): ``--images`` images
+(random pixels through ImageNet's normalisation), their predicted classes, and Grad-CAM maps of
+them (cambench's). Every metric is called as the runner calls it (``build_metric(...).score`` on
+the batch), after a warm-up call that settles the scorer's chunk probes; a time is the fastest of
+``--repeats`` calls (on a shared virtual machine the host steals CPU in bursts). CUDA is
+synchronised around each call.
+
+A metric's *limit* is its forward passes per image times t_F, the model's forward pass per image
+at the device's best batch size (``torch.inference_mode``, batch sizes 1 .. 64), measured first;
+ADCC's limit also holds the method's own time (it recomputes a map per image), measured here.
+
+Peers, at the same images, maps, classes and settings (steps, runs, samples, percentages):
+Quantus 0.6 (numpy in, its own batching; ``np.trapz``, which numpy 2.4 removed, aliased here),
+TorchCAM 0.5 (its metrics compute their Grad-CAM inside ``update``: compared with cambench's
+Grad-CAM plus metric), pytorch-grad-cam (ROAD: the MoRF and LeRF averages, scipy per image) and
+Captum (infidelity). A peer that makes fewer forward passes per image than ours (Quantus's ROAD
+scores MoRF only; its PixelFlipping skips the unperturbed point) is compared with ours scaled by
+its share of the passes. Ratios are peer seconds / ours at equal work: above 1, cambench is faster.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import platform
 import time
+import warnings
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
+import numpy as np
 import torch
 import torchvision
 
 from cambench.data.preprocessing import Preprocessing
-from cambench.metrics.deletion_insertion import (
-    areas,
-    curve_points,
-    deletion_insertion_curves,
-    perturbation_curve,
-    pixel_ranks,
-)
-from cambench.metrics.substrates import substrate
+from cambench.methods import build_method
+from cambench.metrics import MetricContext, MetricInput, build_metric
+from cambench.metrics.deletion_insertion import curve_points, perturbation_curve, pixel_ranks
+from cambench.models.engine import Engine
+from cambench.models.layers import default_target_layer
 from cambench.models.scorer import Scorer
 from cambench.models.split import split_model
 
+np.trapz = np.trapezoid  # Quantus 0.6.0 calls np.trapz (removed in numpy 2.4); here only, never in the package
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
+PERCENTAGES = [10, 20, 30, 40, 50, 60, 70, 80, 90]
+
+
+@dataclass
+class Row:
+    metric: str
+    forwards: float  # per image (ADCC: plus the method)
+    seconds: float  # ours, per image
+    limit: float
+    # peer -> (its seconds per image, ours at equal work: the metric, with our Grad-CAM where the peer
+    # computes one, scaled by forwards where the peer makes fewer)
+    peers: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def ratio(self) -> float:
+        return self.seconds / self.limit
+
+    def peer_ratio(self, peer: str) -> float:
+        seconds, equal = self.peers[peer]
+        return seconds / equal
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def best_seconds(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
-    """Fastest of ``repeats`` calls after a warm-up (on a shared virtual machine the host steals CPU in bursts)."""
-    fn()  # warm-up (and, for the scorer, its chunk probe)
+    """Fastest of ``repeats`` calls after a warm-up call."""
+    fn()
     times = []
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync(device)
         start = time.perf_counter()
         fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync(device)
         times.append(time.perf_counter() - start)
     return min(times)
 
@@ -65,45 +104,150 @@ def best_forward(model: torch.nn.Module, size: int, device: torch.device, repeat
     return best, per_image[best]
 
 
-def bench_model(arch: str, args: argparse.Namespace, device: torch.device) -> None:
+def ours(args: argparse.Namespace, engine: Engine, method, batch: MetricInput) -> dict[str, tuple[Callable, float]]:
+    """Our metrics at the peers' settings: name -> (call, forward passes per image)."""
+    steps, size = args.steps, args.image_size
+    ctx = MetricContext(engine, method)
+    counts, _ = curve_points(size * size, steps, device=batch.images.device)
+    ranks = pixel_ranks(batch.maps, torch.Generator(device=batch.images.device).manual_seed(0))
+    zeros = torch.zeros_like(batch.images)
+    metrics = {
+        "deletion_insertion": ({"steps": steps, "insertion_substrate": "zeros"}, 2 * (steps + 1)),
+        "confidence": ({}, 1),
+        "adcc": ({}, 1),
+        "faithfulness_correlation": ({"runs": 100, "subset": 224}, 100),
+        "infidelity": ({"samples": 10}, 10),
+        "road": ({"percentages": PERCENTAGES}, 2 * len(PERCENTAGES)),
+    }
+    calls = {
+        "deletion curve": (
+            lambda: perturbation_curve(engine.scorer, batch.images, zeros, ranks, batch.targets, counts),
+            steps + 1,
+        )
+    }
+    for name, (params, forwards) in metrics.items():
+        metric = build_metric(name, ctx, **params)
+        calls[name] = (lambda metric=metric: metric.score(batch), forwards)
+    return calls
+
+
+def peers(
+    args: argparse.Namespace, model: torch.nn.Module, layer: str, batch: MetricInput
+) -> dict[str, dict[str, tuple[Callable, float]]]:
+    """The peers' calls per metric: metric -> {peer: (call, forward passes per image)}."""
+    import quantus
+    from captum.metrics import infidelity
+    from pytorch_grad_cam.metrics.road import ROADLeastRelevantFirstAverage, ROADMostRelevantFirstAverage
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+    from quantus.functions.perturb_func import noisy_linear_imputation
+    from torchcam.methods import GradCAM
+    from torchcam.metrics import ClassificationMetric, DeletionInsertionMetric
+
+    steps, size = args.steps, args.image_size
+    x = batch.images.float().cpu().numpy()
+    y = batch.targets.cpu().numpy()
+    a = batch.maps[:, None].float().cpu().numpy()
+    cams = batch.maps.float().cpu().numpy()
+    quantus_args = {"model": model, "x_batch": x, "y_batch": y, "a_batch": a, "device": str(batch.images.device)}
+    quantus_args |= {"channel_first": True, "batch_size": len(x)}
+    quiet = {"disable_warnings": True, "display_progressbar": False, "normalise": False, "abs": False}
+    softmax = {"softmax": True}
+
+    def torchcam(metric_cls, **kwargs) -> Callable[[], object]:
+        def call() -> object:
+            with GradCAM(model, target_layer=layer) as extractor:
+                metric = metric_cls(extractor, lambda logits: logits.softmax(-1), **kwargs)
+                metric.update(batch.images)
+                return metric.summary()
+
+        return call
+
+    def pgc_road() -> object:
+        targets = [ClassifierOutputSoftmaxTarget(int(c)) for c in y]
+        morf = ROADMostRelevantFirstAverage(PERCENTAGES)(batch.images, cams, targets, model)
+        lerf = ROADLeastRelevantFirstAverage(PERCENTAGES)(batch.images, cams, targets, model)
+        return morf, lerf
+
+    def captum_infidelity() -> object:
+        def perturb(inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            noise = 0.2 * torch.randn_like(inputs)
+            return noise, inputs - noise
+
+        attributions = batch.maps[:, None].expand_as(batch.images)
+        return infidelity(model, perturb, batch.images, attributions, target=batch.targets, n_perturb_samples=10)
+
+    pixel_flipping = quantus.PixelFlipping(features_in_step=size * size // steps, perturb_baseline="black", **quiet)
+    faithfulness = quantus.FaithfulnessCorrelation(nr_runs=100, subset_size=224, return_aggregate=False, **quiet)
+    q_infidelity = quantus.Infidelity(n_perturb_samples=10, perturb_patch_sizes=[size], **quiet)
+    hw = size * size
+
+    def pixels_imputation(arr: np.ndarray, indices: np.ndarray, **kwargs: object) -> np.ndarray:
+        # Quantus 0.6's ROAD ranks the map broadcast over channels (3 HW entries) but imputes an
+        # H x W mask, so its indices overflow; with a_size = 3 HW its top p% entries are the top p%
+        # pixels three times over, which this maps back to pixels
+        return noisy_linear_imputation(arr=arr, indices=np.unique(indices % hw), noise=0.01)
+
+    road = quantus.ROAD(percentages=PERCENTAGES, perturb_func=pixels_imputation, **quiet)
+    road.a_size = 3 * hw
+    return {
+        "deletion curve": {"quantus": (lambda: pixel_flipping(**quantus_args, **softmax), steps)},
+        "deletion_insertion": {"torchcam": (torchcam(DeletionInsertionMetric, steps=steps), 2 * (steps + 1))},
+        "confidence": {"torchcam": (torchcam(ClassificationMetric), 1)},
+        "faithfulness_correlation": {"quantus": (lambda: faithfulness(**quantus_args, softmax=False), 100)},
+        "infidelity": {
+            "quantus": (lambda: q_infidelity(**quantus_args, softmax=False), 10),
+            "captum": (captum_infidelity, 10),
+        },
+        "road": {
+            "pytorch-grad-cam": (pgc_road, 2 * len(PERCENTAGES)),
+            "quantus": (lambda: road(**quantus_args, **softmax), len(PERCENTAGES)),
+        },
+    }
+
+
+def bench_model(arch: str, args: argparse.Namespace, device: torch.device) -> list[Row]:
     torch.manual_seed(0)
     model = torchvision.models.get_model(arch, num_classes=1000).eval()
     model = model.to(device, memory_format=torch.channels_last)
-    split = split_model(model, [])
+    layer = default_target_layer(arch, model)
+    split = split_model(model, [layer])
+    engine = Engine(split, Scorer(split, None, memory_format=torch.channels_last), Preprocessing())
+    method = build_method("gradcam", engine)
     best_batch, t_forward = best_forward(model, args.image_size, device, args.repeats)
-    n, steps = args.images, args.steps
-    images = torch.randn(n, 3, args.image_size, args.image_size, device=device)
-    images = images.contiguous(memory_format=torch.channels_last)
-    maps = torch.rand(n, args.image_size, args.image_size, device=device)
-    targets = torch.randint(1000, (n,), device=device)
-    ranks = pixel_ranks(maps, torch.Generator(device=device).manual_seed(0))
-    zeros = torch.zeros_like(images)
-    blurred = substrate("blur", images, Preprocessing())
-    counts, intervals = curve_points(args.image_size**2, steps, device=device)
-    print(f"\n{arch}: best forward {1000 * t_forward:.1f} ms/image at batch {best_batch}")
-    print(f"  {'metric':20s} {'chunks':>14s} {'ms/image':>9s} {'limit':>9s} {'ratio':>6s}")
-    for label, chunk in (("probed", None), ("fixed", 256)):
-        scorer = Scorer(split, chunk, memory_format=torch.channels_last)
-        rows = {
-            "deletion curve": (
-                lambda scorer=scorer: perturbation_curve(scorer, images, zeros, ranks, targets, counts),
-                steps + 1,
-            ),
-            "deletion_insertion": (
-                lambda scorer=scorer: areas(
-                    deletion_insertion_curves(scorer, images, ranks, targets, zeros, blurred, counts), intervals
-                ),
-                2 * (steps + 1),
-            ),
-        }
-        for name, (fn, forwards) in rows.items():
-            seconds = best_seconds(fn, args.repeats, device) / n
-            limit = forwards * t_forward
-            settled = ", ".join(str(p.best) for p in scorer.probes.values()) if chunk is None else str(chunk)
-            print(
-                f"  {name:20s} {label + ' ' + settled:>14s} {1000 * seconds:9.1f} {1000 * limit:9.1f} "
-                f"{seconds / limit:5.2f}x"
-            )
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.rand(args.images, 3, args.image_size, args.image_size, generator=generator)
+    images = Preprocessing().from_pixels(pixels).to(device).contiguous(memory_format=torch.channels_last)
+    out = method.explain(images)
+    t_method = best_seconds(lambda: method.explain(images), args.repeats, device) / args.images
+    batch = MetricInput(images, out.targets, None, [str(i) for i in range(args.images)], out)
+    print(
+        f"\n{arch} ({layer}): forward {1000 * t_forward:.1f} ms/image at batch {best_batch}, "
+        f"Grad-CAM {1000 * t_method:.1f} ms/image"
+    )
+    theirs = {} if args.no_peers else peers(args, model, layer, batch)
+    rows = []
+    for name, (call, forwards) in ours(args, engine, method, batch).items():
+        seconds = best_seconds(call, args.repeats, device) / args.images
+        limit = forwards * t_forward + (t_method if name == "adcc" else 0.0)
+        row = Row(name, forwards, seconds, limit)
+        for peer, (peer_call, peer_forwards) in theirs.get(name, {}).items():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                peer_seconds = best_seconds(peer_call, args.peer_repeats, device) / args.images
+            # TorchCAM's update computes its Grad-CAM: compare with ours plus the metric
+            equal = row.seconds * peer_forwards / forwards + (t_method if peer == "torchcam" else 0.0)
+            row.peers[peer] = (peer_seconds, equal)
+        print(line(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def line(row: Row) -> str:
+    peers = ", ".join(f"{peer} {row.peers[peer][0]:.3f} s ({row.peer_ratio(peer):.1f}x)" for peer in row.peers)
+    return (
+        f"  {row.metric:26s} {row.forwards:5g} F {1000 * row.seconds:9.1f} ms {1000 * row.limit:9.1f} ms "
+        f"{row.ratio():5.2f}x  {peers}"
+    )
 
 
 def main() -> None:
@@ -113,15 +257,33 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--peer-repeats", type=int, default=1)
+    parser.add_argument("--no-peers", action="store_true")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--save", type=Path, help="write the rows as JSON")
     args = parser.parse_args()
 
     device = torch.device(args.device)
-    threads = torch.get_num_threads()
-    print(f"{device} ({threads} threads), {args.images} images of {args.image_size} px, {args.steps} steps")
-    for arch in args.models:
-        bench_model(arch, args, device)
-    print("\ntarget: the deletion curve within 1.1x of S + 1 forwards at the best batch size (probed chunks)")
+    print(
+        f"{device} ({torch.get_num_threads()} threads), {args.images} images of {args.image_size} px, "
+        f"{args.steps} steps"
+    )
+    print(
+        f"  {'metric':26s} {'passes':>7s} {'ours':>12s} {'limit':>12s} {'ratio':>6s}  "
+        "peers (s/image, ratio at equal work)"
+    )
+    rows = {arch: bench_model(arch, args, device) for arch in args.models}
+    print("\ntargets: every perturbation metric within 1.1x of its forward limit; ROAD >= 10x faster than the peers'")
+    if args.save:
+        record = {
+            "command": "python scripts/bench_metrics.py " + " ".join(f"{k}={v}" for k, v in vars(args).items()),
+            "device": str(device),
+            "platform": platform.platform(),
+            "threads": torch.get_num_threads(),
+            "rows": {arch: [asdict(r) | {"ratio": r.ratio()} for r in rs] for arch, rs in rows.items()},
+        }
+        args.save.parent.mkdir(parents=True, exist_ok=True)
+        args.save.write_text(json.dumps(record, indent=2, default=str) + "\n")
 
 
 if __name__ == "__main__":
