@@ -1,0 +1,133 @@
+"""Class sensitivity: the random logit test of Sixt, Granz and Landgraf, "When Explanations Lie:
+Why Many Modified BP Attributions Fail", ICML 2020, https://arxiv.org/abs/1912.09818.
+
+For each image, a class c' drawn uniformly from the classes other than the explained class c
+(seeded: the run's seed, this metric's own generator), the method's map L_c' for c' on the same
+image, and the similarity of the two maps:
+
+    class_similarity = sim(L_c, L_c')       (lower is better)
+
+A method whose map does not depend on the class (an edge detector, a map of the activations only)
+gives 1. ``similarity``:
+
+- ``ssim`` (default; as Sixt et al., Quantus's RandomLogit and Adebayo et al.'s model
+  randomisation): the mean structural similarity (Wang et al. 2004) over 11 x 11 Gaussian windows
+  (sigma 1.5, truncated at 11 taps, normalised), data range 1, K1 = 0.01, K2 = 0.03, population
+  (co)variances, over the windows that lie inside the map (no padding): the defaults of
+  torchmetrics and of ``skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5,
+  use_sample_covariance=False, data_range=1)``, which it matches (test). Written here, batched on
+  the device (torchmetrics is not a dependency). Maps need at least 11 x 11 pixels.
+- ``spearman``: the Spearman rank correlation over pixels (average ranks for ties, as
+  ``scipy.stats.spearmanr``); NaN where either map is constant (undefined), skipped by the means.
+
+The number of classes is the width of the clean logits. Cost: one more map per image (the
+method's own cost, e.g. 1F + 1B for Grad-CAM), batched as one call of the method on the batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from cambench.metrics.base import Metric, MetricContext, MetricError, MetricInput, register
+
+SIMILARITIES = ("ssim", "spearman")
+
+
+def other_classes(targets: Tensor, classes: int, generator: torch.Generator) -> Tensor:
+    """A class (B,) uniform over the ``classes - 1`` classes other than each target."""
+    shift = torch.randint(1, classes, targets.shape, generator=generator, device=targets.device)
+    return (targets + shift) % classes
+
+
+def gaussian_window(
+    size: int = 11, sigma: float = 1.5, dtype: torch.dtype = torch.float64, device: torch.device | None = None
+) -> Tensor:
+    """The normalised 1-D Gaussian (size,) of scipy.ndimage's gaussian_filter and torchmetrics."""
+    x = torch.arange(size, dtype=dtype, device=device) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+def ssim(
+    a: Tensor,
+    b: Tensor,
+    window: int = 11,
+    sigma: float = 1.5,
+    data_range: float = 1.0,
+    k1: float = 0.01,
+    k2: float = 0.03,
+) -> Tensor:
+    """Mean SSIM (B,) of maps ``a`` and ``b`` (B, H, W) over the Gaussian windows inside the map
+    (population statistics, as skimage with use_sample_covariance=False and torchmetrics)."""
+    if min(a.shape[-2:]) < window:
+        raise ValueError(f"SSIM needs maps of at least {window} x {window} pixels, got {tuple(a.shape[-2:])}")
+    a, b = a.double()[:, None], b.double()[:, None]
+    g = gaussian_window(window, sigma, a.dtype, a.device)
+    stack = torch.cat([a, b, a * a, b * b, a * b], 1)  # (B, 5, H, W): one separable blur for all five
+    kernel_h, kernel_w = g.view(1, 1, -1, 1).expand(5, 1, -1, 1), g.view(1, 1, 1, -1).expand(5, 1, 1, -1)
+    blurred = F.conv2d(F.conv2d(stack, kernel_h, groups=5), kernel_w, groups=5)
+    mu_a, mu_b, aa, bb, ab = blurred.unbind(1)
+    var_a, var_b, cov = aa - mu_a * mu_a, bb - mu_b * mu_b, ab - mu_a * mu_b
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a * mu_a + mu_b * mu_b + c1) * (var_a + var_b + c2))
+    return s.flatten(1).mean(1).float()
+
+
+def average_ranks(values: Tensor) -> Tensor:
+    """Ranks 1..n (B, n) along the last dim of (B, n) values, ties given their average rank."""
+    batch, n = values.shape
+    ordered, order = values.sort(1)
+    starts = torch.ones_like(ordered, dtype=torch.bool)
+    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    groups = (starts.cumsum(1) - 1) + n * torch.arange(batch, device=values.device)[:, None]  # unique per row
+    position = torch.arange(1, n + 1, device=values.device, dtype=torch.float64).expand(batch, n)
+    sums = torch.zeros(batch * n, dtype=torch.float64, device=values.device).index_add_(
+        0, groups.flatten(), position.flatten()
+    )
+    counts = torch.zeros_like(sums).index_add_(0, groups.flatten(), torch.ones_like(position).flatten())
+    mean_rank = (sums / counts.clamp_min(1))[groups]
+    return torch.empty_like(mean_rank).scatter_(1, order, mean_rank)
+
+
+def spearman(a: Tensor, b: Tensor) -> Tensor:
+    """Spearman rank correlation (B,) of maps ``a`` and ``b`` (B, ...) over pixels; NaN where either is constant."""
+    ra, rb = average_ranks(a.flatten(1)), average_ranks(b.flatten(1))
+    ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
+    norms = ra.norm(dim=1) * rb.norm(dim=1)
+    r = (ra * rb).sum(1) / norms.clamp_min(1e-300)
+    return torch.where(norms > 0, r.clamp(-1, 1), torch.nan).float()
+
+
+def similarity(a: Tensor, b: Tensor, kind: str = "ssim") -> Tensor:
+    """Per-image similarity (B,) of two batches of maps (B, H, W): ``ssim`` or ``spearman``."""
+    return ssim(a, b) if kind == "ssim" else spearman(a, b)
+
+
+@register("class_sensitivity")
+class ClassSensitivity(Metric):
+    """The random logit test: similarity of the maps for the explained class and a random other
+    class (lower is better); see the module docstring."""
+
+    names = ("class_similarity",)
+    lower_is_better = frozenset({"class_similarity"})
+
+    def __init__(self, ctx: MetricContext, similarity: str = "ssim"):
+        super().__init__(ctx)
+        self.similarity = similarity
+
+    @classmethod
+    def check(cls, similarity: str = "ssim") -> None:
+        if similarity not in SIMILARITIES:
+            raise MetricError(
+                f"class_sensitivity's similarity must be one of {', '.join(SIMILARITIES)}, got {similarity!r}"
+            )
+
+    def score(self, batch: MetricInput) -> dict[str, Tensor]:
+        classes = batch.cam.logits.shape[1]
+        if classes < 2:
+            raise MetricError("class_sensitivity needs a model with at least two classes")
+        other = other_classes(batch.targets, classes, self.generator(batch.targets.device))
+        again = self.ctx.method.explain(batch.images, other)
+        return {"class_similarity": similarity(batch.maps, again.maps, self.similarity)}
