@@ -23,12 +23,14 @@ class DatasetError(ValueError):
 
 @dataclass
 class Sample:
-    """One dataset item: the model-ready image, its label, a ground-truth mask or None, an id."""
+    """One dataset item: the model-ready image, its label, a ground-truth mask or None, an id, and
+    the mask of the distractors (objects of no class) where the dataset knows them (shapes), else None."""
 
     image: Tensor  # (3, H, W), normalised as the model expects
     label: int
     mask: Tensor | None  # (H, W) bool, aligned with ``image``
     id: str
+    distractors: Tensor | None = None  # (H, W) bool, disjoint from ``mask``
 
 
 @dataclass
@@ -37,18 +39,27 @@ class Batch:
     labels: Tensor
     masks: Tensor | None
     ids: list[str]
+    distractors: Tensor | None = None  # (B, H, W) bool
 
     def to(self, device: torch.device | str, memory_format: torch.memory_format = torch.preserve_format) -> Batch:
-        masks = None if self.masks is None else self.masks.to(device, non_blocking=True)
         images = self.images.to(device, non_blocking=True, memory_format=memory_format)
-        return Batch(images, self.labels.to(device), masks, self.ids)
+        masks, distractors = (_to(m, device) for m in (self.masks, self.distractors))
+        return Batch(images, self.labels.to(device), masks, self.ids, distractors)
+
+
+def _to(masks: Tensor | None, device: torch.device | str) -> Tensor | None:
+    return None if masks is None else masks.to(device, non_blocking=True)
+
+
+def _stack(masks: list[Tensor | None]) -> Tensor | None:
+    return None if any(m is None for m in masks) else torch.stack(masks)
 
 
 def collate(samples: list[Sample]) -> Batch:
-    masks = [s.mask for s in samples]
     return Batch(
         images=torch.stack([s.image for s in samples]),
         labels=torch.tensor([s.label for s in samples]),
-        masks=None if any(m is None for m in masks) else torch.stack(masks),
+        masks=_stack([s.mask for s in samples]),
         ids=[s.id for s in samples],
+        distractors=_stack([s.distractors for s in samples]),
     )

@@ -55,6 +55,12 @@ class DatasetSpec:
     num_classes: Callable[[Any], int]
     build: Callable[[Any, Any], Dataset]
     has_masks: Callable[[Any], bool] = lambda cfg: False  # known before the dataset is built
+    has_distractors: Callable[[Any], bool] = lambda cfg: False  # masks of objects of no class (shapes)
+
+    def capabilities(self, cfg: Any) -> set[str]:
+        """What the dataset gives the metrics (keys of ``cambench.metrics.base.CAPABILITIES``)."""
+        given = {"masks": self.has_masks(cfg), "distractors": self.has_distractors(cfg)}
+        return {name for name, has in given.items() if has}
 
 
 def _folder_classes(cfg: FolderConfig) -> int:
@@ -77,6 +83,7 @@ DATASETS: dict[str, DatasetSpec] = {
         ShapesConfig,
         lambda cfg: len(SHAPE_CLASSES),
         lambda cfg, prep: ShapesDataset(cfg.split, image_size=cfg.image_size, seed=cfg.seed),
+        lambda cfg: True,
         lambda cfg: True,
     ),
     "imagenet": DatasetSpec(

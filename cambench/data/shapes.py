@@ -148,6 +148,13 @@ def _texture(label: int, x: Tensor, y: Tensor, noise: Tensor) -> Tensor:
 
 def render(scenes: Scenes, size: int) -> tuple[Tensor, Tensor]:
     """Render scenes to images (B, 3, size, size) in [0, 1] and object masks (B, size, size)."""
+    image, mask, _ = render_layers(scenes, size)
+    return image, mask
+
+
+def render_layers(scenes: Scenes, size: int) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`render` plus the distractor masks (B, size, size) bool: the union of the distractor
+    ellipses where they show, so disjoint from the object mask (the object is drawn over them)."""
     n = len(scenes)
     coords = (torch.arange(size, dtype=torch.float32) + 0.5) / size
     xy = torch.stack(torch.meshgrid(coords, coords, indexing="xy"), dim=-1)  # (H, W, 2)
@@ -164,6 +171,7 @@ def render(scenes: Scenes, size: int) -> tuple[Tensor, Tensor]:
     image = image + 0.06 * (noise - 0.5)
 
     # Distractors: plain ellipses drawn under the object.
+    distractors = torch.zeros(n, size, size, dtype=torch.bool)
     for d in range(MAX_DISTRACTORS):
         axes = scenes.distractor_axes[:, d]
         x, y = _local(xy, scenes.distractor_centre[:, d], scenes.distractor_angle[:, d], axes[:, 0])
@@ -171,6 +179,7 @@ def render(scenes: Scenes, size: int) -> tuple[Tensor, Tensor]:
             :, d, None, None
         ]
         image = torch.where(inside[:, None], scenes.distractor_colour[:, d, :, None, None], image)
+        distractors |= inside
 
     # The target object: outline, class texture, random colour, 1-pixel anti-aliased edge.
     x, y = _local(xy, scenes.centre, scenes.angle, scenes.radius)
@@ -185,7 +194,8 @@ def render(scenes: Scenes, size: int) -> tuple[Tensor, Tensor]:
     colour = scenes.colour[:, :, None, None]
     fill = 0.6 * colour + 0.4 * texture[:, None]
     image = alpha[:, None] * fill + (1 - alpha[:, None]) * image
-    return image.clamp(0, 1), alpha > 0  # the mask: every pixel the object touches
+    mask = alpha > 0  # every pixel the object touches
+    return image.clamp(0, 1), mask, distractors & ~mask
 
 
 def scene_generator(seed: int, index: int) -> torch.Generator:

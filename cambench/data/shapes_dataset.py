@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch.utils.data import Dataset
 
 from cambench.data.base import DatasetError, Sample, normalise
-from cambench.data.shapes import SHAPE_CLASSES, render, sample_labels, sample_scenes, scene_generator
+from cambench.data.shapes import SHAPE_CLASSES, render_layers, sample_labels, sample_scenes, scene_generator
 
 TRAIN_SEED = 0
 TEST_SEED = 1
@@ -39,5 +39,6 @@ class ShapesDataset(Dataset):
         if not 0 <= index < self.num_images:
             raise IndexError(index)
         scene = sample_scenes(1, scene_generator(self.seed, index))
-        image, mask = render(scene, self.image_size)
-        return Sample(normalise(image[0]), int(scene.label[0]), mask[0], f"shapes-{self.split}-{index:06d}")
+        image, mask, distractors = render_layers(scene, self.image_size)
+        id_ = f"shapes-{self.split}-{index:06d}"
+        return Sample(normalise(image[0]), int(scene.label[0]), mask[0], id_, distractors[0])

@@ -27,6 +27,7 @@ METRICS: dict[str, type[Metric]] = {}
 CAPABILITIES = {
     "masks": "ground-truth masks (dataset=shapes, or dataset=imagenet with dataset.boxes_dir)",
     "gradients": "a gradient-based method",
+    "distractors": "distractor masks (dataset=shapes)",
 }
 
 
@@ -79,6 +80,7 @@ class MetricInput:
     masks: Tensor | None  # (B, H, W) bool ground truth
     ids: list[str]
     cam: CAMOutput  # maps (B, H, W) in [0, 1], raw maps, clean logits, targets
+    distractors: Tensor | None = None  # (B, H, W) bool, objects of no class (shapes), disjoint from masks
 
     @property
     def maps(self) -> Tensor:

@@ -66,7 +66,7 @@ def preflight(cfg: DictConfig) -> list[str]:
     layers = check_target_layers(cfg.model.name, num_classes, layers)
     method.check_model(split_model(skeleton(cfg.model.name, num_classes), layers))
     for explainer in dict.fromkeys([cfg.method.name, *cfg.runner.baselines]):
-        capabilities = {"masks"} if spec.has_masks(cfg.dataset) else set()
+        capabilities = spec.capabilities(cfg.dataset)
         if METHODS[explainer].needs_gradients:
             capabilities.add("gradients")
         for name in cfg.metrics:
@@ -233,7 +233,7 @@ class Explainer:
             torch.cuda.reset_peak_memory_stats(device)
         out, seconds = timed(device, self.method.explain, batch.images, targets)
         columns = {"seconds_method": seconds}
-        inputs = MetricInput(batch.images, batch.labels, batch.masks, batch.ids, out)
+        inputs = MetricInput(batch.images, batch.labels, batch.masks, batch.ids, out, batch.distractors)
         scores: dict[str, torch.Tensor] = {}
         for name, metric in self.metrics.items():
             values, seconds = timed(device, metric.update, inputs)
