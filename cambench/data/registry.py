@@ -1,5 +1,7 @@
 """Datasets by config name: each has a schema (its YAML's keys), a class count known before the
-model is built, and a builder that takes the model's preprocessing."""
+model is built, and a builder that takes the model's preprocessing. Every schema carries the grid
+options (``dataset.grid``, ``dataset.grid_confidence``: mosaics for the grid pointing game, see
+``cambench.data.grid``); the runner builds the mosaics over the dataset once the model is loaded."""
 
 from __future__ import annotations
 
@@ -11,10 +13,12 @@ from typing import Any
 from omegaconf import MISSING
 from torch.utils.data import Dataset
 
+from cambench.data.grid import grid_options
 from cambench.data.shapes import SHAPE_CLASSES
 from cambench.data.shapes_dataset import ShapesDataset
 
 
+@grid_options
 @dataclass
 class ShapesConfig:
     name: str = "shapes"
@@ -23,6 +27,7 @@ class ShapesConfig:
     seed: int | None = None  # null: the split's own seed
 
 
+@grid_options
 @dataclass
 class ImageNetConfig:
     name: str = "imagenet"
@@ -32,6 +37,7 @@ class ImageNetConfig:
     boxes_dir: str | None = None  # ILSVRC XML annotations: ground-truth masks from the boxes
 
 
+@grid_options
 @dataclass
 class FolderConfig:
     name: str = "folder"
@@ -40,6 +46,7 @@ class FolderConfig:
     num_classes: int | None = None  # the model's class count; null: 1000 with a class_map, else #folders
 
 
+@grid_options
 @dataclass
 class ImagenetteConfig:
     name: str = "imagenette"
@@ -58,7 +65,11 @@ class DatasetSpec:
     has_distractors: Callable[[Any], bool] = lambda cfg: False  # masks of objects of no class (shapes)
 
     def capabilities(self, cfg: Any) -> set[str]:
-        """What the dataset gives the metrics (keys of ``cambench.metrics.base.CAPABILITIES``)."""
+        """What the dataset gives the metrics (keys of ``cambench.metrics.base.CAPABILITIES``). With
+        ``dataset.grid`` the items are mosaic cells: their masks are the cells, for the grid metrics only
+        (no object masks, no distractors)."""
+        if getattr(cfg, "grid", None):
+            return {"grid"}
         given = {"masks": self.has_masks(cfg), "distractors": self.has_distractors(cfg)}
         return {name for name, has in given.items() if has}
 

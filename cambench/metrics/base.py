@@ -28,6 +28,7 @@ CAPABILITIES = {
     "masks": "ground-truth masks (dataset=shapes, or dataset=imagenet with dataset.boxes_dir)",
     "gradients": "a gradient-based method",
     "distractors": "distractor masks (dataset=shapes)",
+    "grid": "grid mosaics (dataset.grid=2, on any dataset)",
 }
 
 

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from cambench.config import ConfigError, method_params, target_layers
 from cambench.data.base import Batch, collate
+from cambench.data.grid import check_grid, grid_for_run
 from cambench.data.registry import DATASETS
 from cambench.device import AUTOCAST_DTYPES, resolve_device
 from cambench.methods import METHODS, CAMMethod, build_method
@@ -59,6 +60,7 @@ def preflight(cfg: DictConfig) -> list[str]:
     """Check what can be checked without weights; returns the target layers."""
     spec = DATASETS[cfg.dataset.name]
     num_classes = spec.num_classes(cfg.dataset)
+    check_grid(cfg.dataset, num_classes)
     method = METHODS[cfg.method.name]
     layers = target_layers(cfg.model.target_layer)
     if layers is None:
@@ -118,6 +120,10 @@ def run(cfg: DictConfig, out_dir: Path) -> RunResult:
     autocast = AUTOCAST_DTYPES[rc.autocast]
     spec = DATASETS[cfg.dataset.name]
     layers = preflight(cfg)
+    if cfg.dataset.grid and rc.target != "label":  # each cell's class, and recorded as such
+        log.warning("dataset.grid: every cell explains its own class: runner.target=label, not prediction")
+        cfg = OmegaConf.merge(cfg, {"runner": {"target": "label"}})
+        rc = cfg.runner
 
     loaded = build_model(cfg.model.name, cfg.model.weights, spec.num_classes(cfg.dataset), cfg.dataset.name, layers)
     memory_format = torch.channels_last if rc.channels_last else torch.preserve_format
@@ -141,7 +147,11 @@ def run(cfg: DictConfig, out_dir: Path) -> RunResult:
     ]
     metrics = explainers[0].metrics
 
-    dataset, chosen = select_images(spec.build(cfg.dataset, loaded.preprocessing), rc.num_images, rc.seed)
+    dataset = spec.build(cfg.dataset, loaded.preprocessing)
+    if cfg.dataset.grid:  # mosaics of the images the model classifies confidently (cambench/data/grid.py)
+        dataset, chosen = grid_for_run(dataset, cfg.dataset, rc, model, device, memory_format)
+    else:
+        dataset, chosen = select_images(dataset, rc.num_images, rc.seed)
     loader = DataLoader(
         dataset,
         batch_size=rc.batch_size,

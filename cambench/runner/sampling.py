@@ -17,6 +17,12 @@ from torch import Tensor
 
 def stratified_subset(labels: Sequence[int] | Tensor, n: int, seed: int) -> Tensor:
     """Indices (n,) ascending, a seeded subset of ``range(len(labels))`` stratified by label."""
+    return stratified_order(labels, seed)[:n].sort().values
+
+
+def stratified_order(labels: Sequence[int] | Tensor, seed: int) -> Tensor:
+    """Every index of ``range(len(labels))`` once, by ascending key: each prefix is a stratified subset
+    (the one :func:`stratified_subset` returns, in this order rather than sorted)."""
     labels = torch.as_tensor(labels, dtype=torch.long)
     generator = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(labels), generator=generator)
@@ -27,8 +33,7 @@ def stratified_subset(labels: Sequence[int] | Tensor, n: int, seed: int) -> Tens
     rank = torch.empty_like(perm)
     rank[by_class] = torch.arange(len(labels)) - first[shuffled[by_class]]
     key = (rank + 0.5) / counts[shuffled]
-    chosen = perm[torch.argsort(key, stable=True)[:n]]
-    return chosen.sort().values
+    return perm[torch.argsort(key, stable=True)]
 
 
 def random_subset(size: int, n: int, seed: int) -> Tensor:
