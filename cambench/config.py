@@ -48,6 +48,8 @@ class RunnerConfig:
     bootstrap: int = 1000  # resamples of the 95% bootstrap interval
     results_table: str = "results/runs.csv"  # a summary row is appended per run
     baselines: list[str] = field(default_factory=lambda: ["fakecam"])  # sanity methods scored beside the method
+    # metrics added to every run whose dataset gives what they need (ground-truth masks), at their defaults
+    add_when_available: list[str] = field(default_factory=lambda: ["localisation", "grid_pointing_game"])
     progress: bool = True
 
 
@@ -133,8 +135,12 @@ def validate(cfg: DictConfig) -> DictConfig:
 
     if not cfg.metrics:
         raise ConfigError("no metrics selected; choose a metrics config, e.g. metrics=default")
+    for name in out["runner"].add_when_available:
+        _check_choice(name, sorted(METRICS), "runner.add_when_available entry")
+    given = DATASETS[cfg.dataset.name].capabilities(out["dataset"])
+    added = [n for n in out["runner"].add_when_available if n not in cfg.metrics and METRICS[n].requires <= given]
     metrics, writers = {}, {}
-    for name, params in cfg.metrics.items():
+    for name, params in [*cfg.metrics.items(), *((n, None) for n in added)]:
         _check_choice(name, sorted(METRICS), "metric")
         metrics[name] = _params(METRICS[name], params or OmegaConf.create({}), f"metrics.{name}")
         for column in (*METRICS[name].columns(**metrics[name]), *METRICS[name].derived):

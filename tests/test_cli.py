@@ -33,7 +33,9 @@ def compose_cfg(*overrides: str):
 
 
 SCORES = ["deletion", "insertion", "average_drop", "increase_in_confidence", "average_gain", "coherency"]
-SCORES += ["complexity", "adcc_per_image", "adcc_of_means"]
+SCORES += ["complexity", "adcc_per_image"]
+LOCALISATION = ["pointing_game", "energy_pointing_game", "iou", "auroc", "relevance_mass", "relevance_rank"]
+SCORES += [*LOCALISATION, "adcc_of_means"]  # shapes has masks: the run adds localisation (runner.add_when_available)
 
 
 def test_default_run_writes_rows_summary_config_and_table_row(tmp_path):
@@ -215,7 +217,7 @@ def test_label_targets_and_bf16_autocast_in_process(tmp_path):
     assert (result.rows["target"] == result.rows["label"]).all()
     expected = [int(row.split("-")[-1]) for row in result.rows["id"]]
     assert result.rows["label"].tolist() == [ShapesDataset(image_size=64)[i].label for i in expected]
-    assert result.summary["metric"].tolist()[:11] == [*SCORES, "seconds_method", "seconds_deletion_insertion"]
+    assert result.summary["metric"].tolist()[:17] == [*SCORES, "seconds_method", "seconds_deletion_insertion"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
@@ -225,6 +227,18 @@ def test_cuda_device_without_cuda_is_a_config_error():
     with pytest.raises(DeviceError, match=r"CUDA is not available; use runner\.device=cpu or auto"):
         resolve_device("cuda")
     assert resolve_device("auto") == torch.device("cpu")
+
+
+def test_ground_truth_metrics_join_runs_whose_dataset_has_masks():
+    assert list(validate(compose_cfg()).metrics) == ["deletion_insertion", "adcc", "localisation"]
+    assert "localisation" not in validate(compose_cfg("runner.add_when_available=[]")).metrics
+    assert "localisation" not in validate(compose_cfg("dataset=imagenet", "dataset.root=/data")).metrics
+    with_boxes = validate(compose_cfg("dataset=imagenet", "dataset.root=/data", "dataset.boxes_dir=/boxes"))
+    assert "localisation" in with_boxes.metrics
+    tolerant = validate(compose_cfg("metrics=[adcc,localisation]", "metrics.localisation.tolerance=15"))
+    assert tolerant.metrics.localisation.tolerance == 15  # asked for: kept as configured
+    with pytest.raises(ConfigError, match="unknown runner.add_when_available entry 'nosuch'"):
+        validate(compose_cfg("runner.add_when_available=[nosuch]"))
 
 
 def test_presets_compose_with_other_metrics():
@@ -251,7 +265,7 @@ def test_every_metric_in_one_run(tmp_path):
     cfg = validate(compose_cfg(*overrides, f"runner.results_table={tmp_path / 'runs.csv'}", *FAST))
     assert list(cfg.metrics) == ["deletion_insertion", "adcc", "faithfulness_correlation", "infidelity", "road"]
     result = run(cfg, tmp_path / "run")
-    scores = [*SCORES[:-1], "road_morf", "road_lerf", "road_difference", "faithfulness_correlation", "infidelity"]
+    scores = [*SCORES[:8], "road_morf", "road_lerf", "road_difference", "faithfulness_correlation", "infidelity"]
     assert result.rows[scores].notna().all().all() and (result.rows["infidelity"] >= 0).all()
     assert result.rows["faithfulness_correlation"].between(-1, 1).all()
     road = result.rows[["road_morf", "road_lerf"]]
