@@ -237,7 +237,7 @@ def test_ground_truth_metrics_join_runs_whose_dataset_has_masks():
     assert "localisation" in with_boxes.metrics
     tolerant = validate(compose_cfg("metrics=[adcc,localisation]", "metrics.localisation.tolerance=15"))
     assert tolerant.metrics.localisation.tolerance == 15  # asked for: kept as configured
-    with pytest.raises(ConfigError, match="unknown runner.add_when_available entry 'nosuch'"):
+    with pytest.raises(ConfigError, match=r"unknown runner\.add_when_available entry 'nosuch'"):
         validate(compose_cfg("runner.add_when_available=[nosuch]"))
 
 
