@@ -150,7 +150,7 @@ def test_every_dataset_config_validates(dataset, tmp_path):
         ("+metrics.deletion_insertion.step=3", "steps: int = 224, pixels_per_step: int | None = None, final_point"),
         ("metrics.deletion_insertion.steps=abc", "metrics.deletion_insertion: Value 'abc' of type 'str' could not"),
         ("metrics.deletion_insertion.steps=0", "deletion_insertion.steps and pixels_per_step must be >= 1"),
-        ("+metrics.nosuch={}", "unknown metric 'nosuch'; valid choices: adcc, confidence, deletion_insertion"),
+        ("+metrics.nosuch={}", "unknown metric 'nosuch'; valid choices: adcc, class_sensitivity, confidence"),
         ("+metrics.confidence={}", "metrics adcc and confidence both write average_drop: keep one of them"),
         ("runner.batch_size=0", "runner.batch_size must be >= 1, got 0"),
         ("runner.num_images=-1", "runner.num_images must be >= 1, got -1"),
@@ -243,7 +243,7 @@ def test_ground_truth_metrics_join_runs_whose_dataset_has_masks():
 
 def test_presets_compose_with_other_metrics():
     cfg = validate(compose_cfg("metrics=[poppi,adcc]"))
-    assert list(cfg.metrics) == ["deletion_insertion", "adcc"]
+    assert list(cfg.metrics) == ["deletion_insertion", "adcc", "localisation"]
     poppi = cfg.metrics.deletion_insertion
     assert (poppi.steps, poppi.final_point, poppi.deletion_substrate, poppi.insertion_substrate) == (
         100,
@@ -263,7 +263,8 @@ def test_every_metric_in_one_run(tmp_path):
     overrides = ["metrics=all", "metrics.faithfulness_correlation.runs=4", "metrics.faithfulness_correlation.subset=16"]
     overrides += ["metrics.infidelity.samples=2", "model.weights=random", "dataset.image_size=64"]
     cfg = validate(compose_cfg(*overrides, f"runner.results_table={tmp_path / 'runs.csv'}", *FAST))
-    assert list(cfg.metrics) == ["deletion_insertion", "adcc", "faithfulness_correlation", "infidelity", "road"]
+    faithfulness = ["deletion_insertion", "adcc", "faithfulness_correlation", "infidelity", "road"]
+    assert list(cfg.metrics) == [*faithfulness, "localisation"]  # shapes has masks
     result = run(cfg, tmp_path / "run")
     scores = [*SCORES[:8], "road_morf", "road_lerf", "road_difference", "faithfulness_correlation", "infidelity"]
     assert result.rows[scores].notna().all().all() and (result.rows["infidelity"] >= 0).all()
