@@ -17,7 +17,8 @@ from torch import nn
 from cambench.config import ConfigError, validate
 from cambench.methods import CAMOutput
 from cambench.metrics import METRICS, MetricContext, MetricError, MetricInput, build_metric
-from cambench.metrics.class_sensitivity import spearman, ssim
+from cambench.metrics.class_sensitivity import ssim
+from cambench.metrics.correlation import spearman
 from cambench.metrics.randomisation import randomisation_blocks, rank_similarity, unresettable
 from cambench.models.engine import Passes
 

@@ -14,7 +14,8 @@ from torch import nn
 
 from cambench.methods import CAMOutput
 from cambench.metrics import METRICS, MetricContext, MetricError, MetricInput, build_metric
-from cambench.metrics.class_sensitivity import average_ranks, other_classes, spearman, ssim
+from cambench.metrics.class_sensitivity import other_classes, ssim
+from cambench.metrics.correlation import average_ranks, spearman
 from cambench.metrics.map_complexity import entropy, gini
 from cambench.metrics.sensitivity import sensitivities, uniform_noise
 from cambench.models.engine import Passes

@@ -34,16 +34,14 @@ from torch import Tensor
 
 from cambench.metrics.base import Metric, MetricInput, class_scores, register
 from cambench.metrics.confidence import NAMES, confidence_changes, explanation_inputs
+from cambench.metrics.correlation import pearson
 
 
 def coherency(maps: Tensor, again: Tensor) -> Tensor:
     """(r + 1) / 2 per image (B,), r the Pearson correlation of ``maps`` and ``again`` (B, H, W)
     over pixels; 0 where either map is constant (r undefined)."""
-    a, b = maps.flatten(1).double(), again.flatten(1).double()
-    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
-    norms = a.norm(dim=1) * b.norm(dim=1)
-    r = (a * b).sum(1) / norms.clamp_min(1e-300)
-    return torch.where(norms > 0, (r.clamp(-1, 1) + 1) / 2, 0.0).float()
+    r = pearson(maps, again)
+    return torch.where(r.isnan(), 0.0, (r + 1) / 2)
 
 
 def complexity(maps: Tensor) -> Tensor:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cambench.metrics.base import Metric, MetricContext, MetricError, MetricInput, register
+from cambench.metrics.correlation import spearman
 
 SIMILARITIES = ("ssim", "spearman")
 
@@ -73,31 +74,6 @@ def ssim(
     c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
     s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a * mu_a + mu_b * mu_b + c1) * (var_a + var_b + c2))
     return s.flatten(1).mean(1).float()
-
-
-def average_ranks(values: Tensor) -> Tensor:
-    """Ranks 1..n (B, n) along the last dim of (B, n) values, ties given their average rank."""
-    batch, n = values.shape
-    ordered, order = values.sort(1)
-    starts = torch.ones_like(ordered, dtype=torch.bool)
-    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
-    groups = (starts.cumsum(1) - 1) + n * torch.arange(batch, device=values.device)[:, None]  # unique per row
-    position = torch.arange(1, n + 1, device=values.device, dtype=torch.float64).expand(batch, n)
-    sums = torch.zeros(batch * n, dtype=torch.float64, device=values.device).index_add_(
-        0, groups.flatten(), position.flatten()
-    )
-    counts = torch.zeros_like(sums).index_add_(0, groups.flatten(), torch.ones_like(position).flatten())
-    mean_rank = (sums / counts.clamp_min(1))[groups]
-    return torch.empty_like(mean_rank).scatter_(1, order, mean_rank)
-
-
-def spearman(a: Tensor, b: Tensor) -> Tensor:
-    """Spearman rank correlation (B,) of maps ``a`` and ``b`` (B, ...) over pixels; NaN where either is constant."""
-    ra, rb = average_ranks(a.flatten(1)), average_ranks(b.flatten(1))
-    ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
-    norms = ra.norm(dim=1) * rb.norm(dim=1)
-    r = (ra * rb).sum(1) / norms.clamp_min(1e-300)
-    return torch.where(norms > 0, r.clamp(-1, 1), torch.nan).float()
 
 
 def similarity(a: Tensor, b: Tensor, kind: str = "ssim") -> Tensor:

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from cambench.metrics.base import Metric, MetricContext, MetricError, MetricInput, class_scores, register
+from cambench.metrics.correlation import pearson
 from cambench.metrics.substrates import substrate
 from cambench.models.scorer import OUTPUTS, Scorer, expand_rows, owners
 
@@ -36,13 +37,6 @@ def random_subsets(shape: tuple[int, int], runs: int, subset: int, generator: to
         keys = torch.rand(min(CHUNK, rows - start), pixels, generator=generator, device=generator.device)
         picked[start : start + CHUNK] = keys.topk(subset, dim=1).indices
     return picked.view(b, runs, subset)
-
-
-def pearson(a: Tensor, b: Tensor) -> Tensor:
-    """Pearson correlation along the last dim; NaN where either side is constant."""
-    a, b = a.double() - a.double().mean(-1, keepdim=True), b.double() - b.double().mean(-1, keepdim=True)
-    norms = a.norm(dim=-1) * b.norm(dim=-1)
-    return torch.where(norms > 0, (a * b).sum(-1) / norms, torch.nan).float()
 
 
 def faithfulness_correlation(

@@ -59,7 +59,8 @@ from torch import Tensor, nn
 
 from cambench.methods.base import METHODS, CAMMethod, build_method
 from cambench.metrics.base import Metric, MetricContext, MetricError, MetricInput, register
-from cambench.metrics.class_sensitivity import spearman, ssim
+from cambench.metrics.class_sensitivity import ssim
+from cambench.metrics.correlation import spearman
 from cambench.models.engine import Engine
 from cambench.models.scorer import Scorer
 from cambench.models.split import split_model
