@@ -2,7 +2,8 @@
 implementations of the same metric at equal settings, in one run.
 
     python scripts/bench_metrics.py [--models resnet18 resnet50] [--images 8] [--image-size 224]
-        [--steps 32] [--repeats 3] [--peer-repeats 1] [--no-peers] [--device cuda|cpu] [--save FILE]
+        [--steps 32] [--repeats 3] [--peer-repeats 1] [--no-peers] [--device cuda|cpu]
+        [--metrics NAME ...] [--save FILE [--merge]]
 
 Per model (random weights, eval mode, channels_last, the default target layer): ``--images`` images
 (random pixels through ImageNet's normalisation), their predicted classes, and Grad-CAM maps of
@@ -23,6 +24,12 @@ Grad-CAM plus metric), pytorch-grad-cam (ROAD: the MoRF and LeRF averages, scipy
 Captum (infidelity). A peer that makes fewer forward passes per image than ours (Quantus's ROAD
 scores MoRF only; its PixelFlipping skips the unperturbed point) is compared with ours scaled by
 its share of the passes. Ratios are peer seconds / ours at equal work: above 1, cambench is faster.
+
+``road imputation`` times ROAD's imputations alone (no forward pass, so no limit): the 2P noisy linear
+imputations of every image on the device, against the official imputer (pytorch-grad-cam's
+``NoisyLinearImputer``, scipy per image) on the same masks. On a CPU the whole ROAD metric is bounded
+by its 2P forward passes: at most (peer seconds) / (its limit) faster than a peer, whatever the solver.
+``--metrics`` times only the named rows; ``--merge`` replaces only those rows of the ``--save`` record.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from cambench.data.preprocessing import Preprocessing
 from cambench.methods import build_method
 from cambench.metrics import MetricContext, MetricInput, build_metric
 from cambench.metrics.deletion_insertion import curve_points, perturbation_curve, pixel_ranks
+from cambench.metrics.road import road_images
 from cambench.models.engine import Engine
 from cambench.models.layers import default_target_layer
 from cambench.models.scorer import Scorer
@@ -65,7 +73,7 @@ class Row:
     peers: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def ratio(self) -> float:
-        return self.seconds / self.limit
+        return self.seconds / self.limit if self.limit else float("nan")
 
     def peer_ratio(self, peer: str) -> float:
         seconds, equal = self.peers[peer]
@@ -112,6 +120,7 @@ def ours(args: argparse.Namespace, engine: Engine, method, batch: MetricInput) -
     counts, _ = curve_points(size * size, steps, device=batch.images.device)
     ranks = pixel_ranks(batch.maps, torch.Generator(device=batch.images.device).manual_seed(0))
     zeros = torch.zeros_like(batch.images)
+    generator = torch.Generator(device=batch.images.device).manual_seed(0)
     metrics = {
         "deletion_insertion": ({"steps": steps, "insertion_substrate": "zeros"}, 2 * (steps + 1)),
         "confidence": ({}, 1),
@@ -124,7 +133,8 @@ def ours(args: argparse.Namespace, engine: Engine, method, batch: MetricInput) -
         "deletion curve": (
             lambda: perturbation_curve(engine.scorer, batch.images, zeros, ranks, batch.targets, counts),
             steps + 1,
-        )
+        ),
+        "road imputation": (lambda: road_images(batch.images, batch.maps, PERCENTAGES, generator=generator), 0),
     }
     for name, (params, forwards) in metrics.items():
         metric = build_metric(name, ctx, **params)
@@ -138,7 +148,11 @@ def peers(
     """The peers' calls per metric: metric -> {peer: (call, forward passes per image)}."""
     import quantus
     from captum.metrics import infidelity
-    from pytorch_grad_cam.metrics.road import ROADLeastRelevantFirstAverage, ROADMostRelevantFirstAverage
+    from pytorch_grad_cam.metrics.road import (
+        NoisyLinearImputer,
+        ROADLeastRelevantFirstAverage,
+        ROADMostRelevantFirstAverage,
+    )
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
     from quantus.functions.perturb_func import noisy_linear_imputation
     from torchcam.methods import GradCAM
@@ -168,6 +182,19 @@ def peers(
         morf = ROADMostRelevantFirstAverage(PERCENTAGES)(batch.images, cams, targets, model)
         lerf = ROADLeastRelevantFirstAverage(PERCENTAGES)(batch.images, cams, targets, model)
         return morf, lerf
+
+    def pgc_imputation() -> object:
+        # the official imputer on ROAD's masks (kept pixels 1), its 2P imputations of every image
+        imputer = NoisyLinearImputer(noise=0.01)
+        ranks = pixel_ranks(batch.maps, torch.Generator(device=batch.images.device).manual_seed(0)).cpu()
+        images = batch.images.float().cpu()
+        counts = [round(p * size * size / 100) for p in PERCENTAGES]
+        return [
+            imputer(image, (keep if morf else ~keep).float().view(size, size))
+            for image, rank in zip(images, ranks, strict=True)
+            for n in counts
+            for morf, keep in ((True, rank >= n), (False, rank < size * size - n))
+        ]
 
     def captum_infidelity() -> object:
         def perturb(inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -199,6 +226,7 @@ def peers(
             "quantus": (lambda: q_infidelity(**quantus_args, softmax=False), 10),
             "captum": (captum_infidelity, 10),
         },
+        "road imputation": {"pytorch-grad-cam": (pgc_imputation, 0)},
         "road": {
             "pytorch-grad-cam": (pgc_road, 2 * len(PERCENTAGES)),
             "quantus": (lambda: road(**quantus_args, **softmax), len(PERCENTAGES)),
@@ -228,6 +256,8 @@ def bench_model(arch: str, args: argparse.Namespace, device: torch.device) -> li
     theirs = {} if args.no_peers else peers(args, model, layer, batch)
     rows = []
     for name, (call, forwards) in ours(args, engine, method, batch).items():
+        if args.metrics and name not in args.metrics:
+            continue
         seconds = best_seconds(call, args.repeats, device) / args.images
         limit = forwards * t_forward + (t_method if name == "adcc" else 0.0)
         row = Row(name, forwards, seconds, limit)
@@ -236,7 +266,8 @@ def bench_model(arch: str, args: argparse.Namespace, device: torch.device) -> li
                 warnings.simplefilter("ignore")
                 peer_seconds = best_seconds(peer_call, args.peer_repeats, device) / args.images
             # TorchCAM's update computes its Grad-CAM: compare with ours plus the metric
-            equal = row.seconds * peer_forwards / forwards + (t_method if peer == "torchcam" else 0.0)
+            share = peer_forwards / forwards if forwards else 1.0
+            equal = row.seconds * share + (t_method if peer == "torchcam" else 0.0)
             row.peers[peer] = (peer_seconds, equal)
         print(line(row), flush=True)
         rows.append(row)
@@ -251,6 +282,16 @@ def line(row: Row) -> str:
     )
 
 
+def merged(old: dict, new: dict) -> dict:
+    """``old`` with the (model, metric) rows of ``new`` replaced or added, and the merge noted."""
+    rows = old["rows"]
+    for arch, new_rows in new["rows"].items():
+        measured = {r["metric"] for r in new_rows}
+        rows[arch] = [r for r in rows.get(arch, []) if r["metric"] not in measured] + new_rows
+    old.setdefault("merges", []).append(new["command"])
+    return old
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["resnet18", "resnet50"])
@@ -261,8 +302,12 @@ def main() -> None:
     parser.add_argument("--peer-repeats", type=int, default=1)
     parser.add_argument("--no-peers", action="store_true")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--metrics", nargs="+", help="time only these rows (default: all)")
     parser.add_argument("--save", type=Path, help="write the rows as JSON")
+    parser.add_argument("--merge", action="store_true", help="replace only the measured rows of the --save record")
     args = parser.parse_args()
+    if args.merge and not (args.save and args.save.exists()):
+        parser.error("--merge needs --save with an existing record to merge into")
 
     device = torch.device(args.device)
     print(
@@ -276,13 +321,16 @@ def main() -> None:
     rows = {arch: bench_model(arch, args, device) for arch in args.models}
     print("\ntargets: every perturbation metric within 1.1x of its forward limit; ROAD >= 10x faster than the peers'")
     if args.save:
+        command = "python scripts/bench_metrics.py " + " ".join(f"{k}={v}" for k, v in vars(args).items())
         record = {
-            "command": "python scripts/bench_metrics.py " + " ".join(f"{k}={v}" for k, v in vars(args).items()),
+            "command": command,
             "device": str(device),
             "platform": platform.platform(),
             "threads": torch.get_num_threads(),
             "rows": {arch: [asdict(r) | {"ratio": r.ratio()} for r in rs] for arch, rs in rows.items()},
         }
+        if args.merge:
+            record = merged(json.loads(args.save.read_text()), record)
         args.save.parent.mkdir(parents=True, exist_ok=True)
         args.save.write_text(json.dumps(record, indent=2, default=str) + "\n")
 

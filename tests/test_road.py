@@ -110,7 +110,7 @@ def test_imputation_agrees_with_the_official_imputer(shape):
     ours = impute(images, removed, noise=0.0, tol=1e-8)
     imputer = NoisyLinearImputer(noise=0.0)
     theirs = torch.stack([imputer(x, (~r[0]).float()) for x, r in zip(images, removed, strict=True)])
-    assert (ours - theirs).abs().max() < 1e-5  # measured up to 1.3e-6
+    assert (ours - theirs).abs().max() < 1e-5  # measured up to 6e-7
 
 
 def test_the_vcycle_is_symmetric_and_positive_and_large_holes_take_few_iterations():
@@ -125,7 +125,7 @@ def test_the_vcycle_is_symmetric_and_positive_and_large_holes_take_few_iteration
     ranks = pixel_ranks(maps, torch.Generator().manual_seed(0)).view(2, 1, 224, 224)
     images = torch.nn.functional.avg_pool2d(torch.randn(2, 3, 232, 232), 9, 1) * 3 - 1
     _, iterations = solve_imputation(images, ranks < round(0.9 * 224 * 224))
-    assert iterations <= 10  # measured 7 (6 to 8 on other holes)
+    assert iterations <= 12  # measured 8 (7 to 10 on other holes)
 
 
 @pytest.mark.filterwarnings("ignore:__array_wrap__:DeprecationWarning")

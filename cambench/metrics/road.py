@@ -28,7 +28,7 @@ principal submatrix of the 9-point graph Laplacian and so symmetric positive def
 is kept, is solved on the device for every (row, channel) at once by conjugate gradients,
 preconditioned by a multigrid V-cycle (:class:`Multigrid`) and started from a coarse-to-fine fill
 (:func:`coarse_fill`), until each residual is at most ``tol`` times its right-hand side (``max_iter``
-at most). At 224 px that takes 6 to 8 iterations whatever the holes (CG from the coarse-to-fine start
+at most). At 224 px that takes 7 to 10 iterations whatever the holes (CG from the coarse-to-fine start
 alone needed about 360 at 90% removed); at the default ``tol`` 1e-5 the fill lies within about 1e-4 of
 spsolve's in normalised units (1% of the noise), and at tol 1e-8 without noise within float32 rounding
 (about 1e-6). The noise is drawn from the run's seeded generator (the official code: torch's global one).
@@ -59,7 +59,7 @@ PERCENTAGES = (10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0)
 # than 36), many on a GPU (~15 work arrays of rows x 3 x 224 x 224 float32: ~1.3 GB at 144 rows)
 SOLVE_ROWS = {"cpu": 4, "cuda": 144}
 COARSEST = 64  # the multigrid coarsens down to at most this many pixels, solved there by Cholesky
-OMEGA, SWEEPS = 0.8, 2  # damped Jacobi smoothing of the V-cycle: weight, sweeps before and after the coarse grid
+OMEGA, SWEEPS = 0.9, 1  # damped Jacobi smoothing of the V-cycle: weight, sweeps before and after the coarse grid
 
 
 def neighbour_sum(v: Tensor) -> Tensor:
@@ -75,16 +75,16 @@ def neighbour_sum(v: Tensor) -> Tensor:
 
 
 class MaskedLaplacian:
-    """The imputation operator on one grid, v -> U (Wsum v - K * (U v)) for the removed pixels U
-    (N, 1, H, W) float: symmetric, positive definite on U when a pixel of every plane is kept."""
+    """The imputation operator on one grid, v -> U (Wsum v - K * v) for the removed pixels U (N, 1, H, W)
+    float and v zero off U: symmetric, positive definite on U when a pixel of every plane is kept."""
 
     def __init__(self, u: Tensor):
         self.u = u
         self.weight_sum = neighbour_sum(torch.ones_like(u[:1]))
-        self.inv_diag = u / self.weight_sum
+        self.smoother = OMEGA * u / self.weight_sum  # damped Jacobi: OMEGA times the inverse diagonal on U
 
     def __call__(self, v: Tensor) -> Tensor:
-        return self.u * (self.weight_sum * v - neighbour_sum(self.u * v))
+        return self.u * (self.weight_sum * v - neighbour_sum(v))
 
 
 def imputation_system(images: Tensor, removed: Tensor) -> tuple[MaskedLaplacian, Tensor]:
@@ -94,33 +94,20 @@ def imputation_system(images: Tensor, removed: Tensor) -> tuple[MaskedLaplacian,
     return MaskedLaplacian(u), u * neighbour_sum(images * (1 - u))
 
 
-def _prolong_last(c: Tensor, n: int) -> Tensor:
-    """Bilinear 2x upsampling of the last dim (half-pixel centres, edges clamped), cut to ``n``."""
-    before = torch.cat((c[..., :1], c[..., :-1]), -1)
-    after = torch.cat((c[..., 1:], c[..., -1:]), -1)
-    return torch.stack((0.75 * c + 0.25 * before, 0.75 * c + 0.25 * after), -1).flatten(-2)[..., :n]
-
-
-def _restrict_last(f: Tensor, m: int) -> Tensor:
-    """The transpose of :func:`_prolong_last` to ``m`` coarse points."""
-    f = F.pad(f, (0, 2 * m - f.shape[-1]))
-    even, odd = f[..., 0::2], f[..., 1::2]
-    c = 0.75 * (even + odd)
-    c[..., :-1] += 0.25 * even[..., 1:]
-    c[..., 1:] += 0.25 * odd[..., :-1]
-    c[..., 0] += 0.25 * even[..., 0]
-    c[..., -1] += 0.25 * odd[..., -1]
-    return c
-
-
 def prolong(coarse: Tensor, h: int, w: int) -> Tensor:
-    """Bilinear upsampling (..., ceil(h / 2), ceil(w / 2)) -> (..., h, w)."""
-    return _prolong_last(_prolong_last(coarse, w).transpose(-1, -2), h).transpose(-1, -2)
+    """Bilinear 2x upsampling (N, C, ceil(h / 2), ceil(w / 2)) -> (N, C, h, w): half-pixel centres, edges
+    clamped, cut to (h, w)."""
+    return F.interpolate(coarse, scale_factor=2, mode="bilinear", align_corners=False)[..., :h, :w]
 
 
 def restrict(fine: Tensor, h: int, w: int) -> Tensor:
-    """The transpose of :func:`prolong`: (..., H, W) -> (..., h, w)."""
-    return _restrict_last(_restrict_last(fine, w).transpose(-1, -2), h).transpose(-1, -2)
+    """The transpose of :func:`prolong`: (N, C, H, W) -> (N, C, h, w), a stride-2 convolution with
+    [1, 3, 3, 1] / 4 in each direction of the fine grid zero-padded to (2h, 2w), then edge-replicated."""
+    n, c, fh, fw = fine.shape
+    planes = F.pad(fine.reshape(n * c, 1, fh, fw), (0, 2 * w - fw, 0, 2 * h - fh))
+    taps = torch.tensor([0.25, 0.75, 0.75, 0.25], dtype=fine.dtype, device=fine.device)
+    kernel = (taps[:, None] * taps).view(1, 1, 4, 4)
+    return F.conv2d(F.pad(planes, (1, 1, 1, 1), mode="replicate"), kernel, stride=2).view(n, c, h, w)
 
 
 class Multigrid:
@@ -140,8 +127,9 @@ class Multigrid:
             self.levels.append(MaskedLaplacian(u))
         coarsest = self.levels[-1]
         h, w = coarsest.u.shape[-2:]
+        on_u = coarsest.u.double().flatten(1)
         eye = torch.eye(h * w, dtype=torch.float64, device=u.device).view(1, h * w, h, w)
-        dense = coarsest(eye).flatten(2) + torch.diag_embed(1 - coarsest.u.double().flatten(1))
+        dense = coarsest(eye * on_u[..., None, None]).flatten(2) + torch.diag_embed(1 - on_u)
         self.factor = torch.linalg.cholesky(dense)
 
     def __call__(self, r: Tensor, level: int = 0) -> Tensor:
@@ -150,14 +138,14 @@ class Multigrid:
             n, c, h, w = r.shape
             z = torch.cholesky_solve(r.flatten(2).transpose(1, 2).double(), self.factor)
             return op.u * z.transpose(1, 2).reshape(n, c, h, w).to(r.dtype)
-        z = OMEGA * op.inv_diag * r
+        z = op.smoother * r
         for _ in range(SWEEPS - 1):
-            z += OMEGA * op.inv_diag * (r - op(z))
+            z += op.smoother * (r - op(z))
         coarse = self.levels[level + 1]
         correction = self(coarse.u * restrict(r - op(z), *coarse.u.shape[-2:]), level + 1)
         z += op.u * prolong(correction, *r.shape[-2:])
         for _ in range(SWEEPS):
-            z += OMEGA * op.inv_diag * (r - op(z))
+            z += op.smoother * (r - op(z))
         return z
 
 
@@ -222,13 +210,12 @@ def coarse_fill(images: Tensor, u: Tensor) -> Tensor:
 def solve_imputation(images: Tensor, removed: Tensor, tol: float = 1e-5, max_iter: int = 100) -> tuple[Tensor, int]:
     """The noiseless linear imputation of ``removed`` (N, 1, H, W) bool in ``images`` (N, C, H, W), and the
     CG iterations it took: multigrid-preconditioned CG for the correction d to the start x0 of
-    :func:`coarse_fill`, A d = b - A x0 with that residual computed in float64 (CG in float32 on x itself
-    stalls near 2e-4 at 224 px, its residual lost to rounding; d is smaller). Half inputs are solved in float32."""
+    :func:`coarse_fill`, A d = b - A x0 (CG in float32 on x itself stalls near 2e-4 at 224 px, its residual
+    lost to rounding; d is smaller and reaches 1e-5 of spsolve at tol 1e-7). Half inputs are solved in float32."""
     work = images.float() if images.dtype in (torch.float16, torch.bfloat16) else images
     operator, rhs = imputation_system(work, removed)
     start = operator.u * coarse_fill(work, operator.u) * (_dot(rhs, rhs) > 0)  # rhs 0: the fill is 0
-    exact, exact_rhs = imputation_system(work.double(), removed)
-    defect = (exact_rhs - exact(start.double())).to(work.dtype)
+    defect = rhs - operator(start)
     correction, iterations = conjugate_gradients(
         operator, defect, torch.zeros_like(defect), tol, max_iter, Multigrid(operator), reference=rhs
     )
@@ -266,24 +253,20 @@ def removed_counts(pixels: int, percentages: Sequence[float]) -> list[int]:
     return counts
 
 
-def road(
-    scorer: Scorer,
+def road_images(
     images: Tensor,
     maps: Tensor,
-    targets: Tensor,
     percentages: Sequence[float] = PERCENTAGES,
     noise: float = 0.01,
-    output: str = "probability",
     tol: float = 1e-5,
     max_iter: int = 100,
     generator: torch.Generator | None = None,
-) -> dict[str, Tensor]:
-    """Per-image road_morf, road_lerf and road_difference (B,) of ``maps`` (B, H, W) on ``images`` (B, C, H, W).
-
-    Rows: image b's row m < P is MoRF at ``percentages[m]``, row P + m LeRF at it. The ranks are drawn
-    first from ``generator``, then the noise, one draw per SOLVE_ROWS rows. Every row of the batch is
-    imputed before scoring and kept (B * 2P images: 87 MB for B = 8 at 3 x 224 x 224 float32), so the
-    scorer's chunks are slices; the solver's work arrays are bounded by SOLVE_ROWS rows at a time.
+) -> Tensor:
+    """The imputed images (B * 2P, C, H, W) of ``maps`` (B, H, W) on ``images`` (B, C, H, W): image b's row
+    b * 2P + m is MoRF at ``percentages[m]`` for m < P, LeRF at ``percentages[m - P]`` after. The ranks are
+    drawn first from ``generator``, then the noise, one draw per SOLVE_ROWS rows. Every row is kept
+    (B * 2P images: 87 MB for B = 8 at 3 x 224 x 224 float32); the solver's work arrays are bounded by
+    SOLVE_ROWS rows at a time.
     """
     b, c, h, w = images.shape
     points = len(percentages)
@@ -299,7 +282,26 @@ def road(
         rank = expand_rows(ranks, rows, per_image)
         removed = torch.where((m < points).view(-1, 1, 1, 1), rank < n, rank >= h * w - n)
         imputed[rows] = impute(expand_rows(images, rows, per_image), removed, noise, generator, tol, max_iter)
-    scores = scorer.score_rows(targets, per_image, lambda rows: (imputed[rows],), output=output)
+    return imputed
+
+
+def road(
+    scorer: Scorer,
+    images: Tensor,
+    maps: Tensor,
+    targets: Tensor,
+    percentages: Sequence[float] = PERCENTAGES,
+    noise: float = 0.01,
+    output: str = "probability",
+    tol: float = 1e-5,
+    max_iter: int = 100,
+    generator: torch.Generator | None = None,
+) -> dict[str, Tensor]:
+    """Per-image road_morf, road_lerf and road_difference (B,) of ``maps`` (B, H, W) on ``images`` (B, C, H, W):
+    the rows of :func:`road_images` scored in the scorer's chunks."""
+    points = len(percentages)
+    imputed = road_images(images, maps, percentages, noise, tol, max_iter, generator)
+    scores = scorer.score_rows(targets, 2 * points, lambda rows: (imputed[rows],), output=output)
     morf, lerf = scores[:, :points].mean(1), scores[:, points:].mean(1)
     return {"road_morf": morf, "road_lerf": lerf, "road_difference": lerf - morf}
 
