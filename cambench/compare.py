@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +23,8 @@ import pandas as pd
 import torch
 from scipy.stats import wilcoxon
 
-from cambench.metrics import METRICS
+from cambench.results.runs import RunsError, load_finished
 from cambench.results.summary import bootstrap_ci
-from cambench.results.writer import PER_IMAGE, RUN_INFO
 
 LEVEL = 0.05
 
@@ -45,17 +43,11 @@ class Run:
 
 def load_run(folder: Path) -> Run:
     """A finished run: its per-image rows and the score columns of its metrics (from ``run.json``)."""
-    folder = Path(folder)
-    info, rows = folder / RUN_INFO, folder / PER_IMAGE
-    if not info.exists() or not rows.exists():
-        raise CompareError(f"{folder} is not a finished run (no {RUN_INFO} or {PER_IMAGE}): give a run's output folder")
-    config = json.loads(info.read_text())["config"]
-    metrics = {name: params or {} for name, params in config["metrics"].items() if name in METRICS}
-    classes = [METRICS[name] for name in metrics]
-    scores = [column for name, params in metrics.items() for column in METRICS[name].columns(**params)]
-    lower = set().union(*(cls.lower_is_better for cls in classes))
-    label = f"{config['method']['name']}/{config['model']['name']}"
-    return Run(label, pd.read_csv(rows).set_index("id"), scores, lower)
+    try:
+        run = load_finished(folder)
+    except RunsError as err:
+        raise CompareError(str(err)) from None
+    return Run(f"{run.method}/{run.model}", run.rows(), run.scores, run.lower_is_better)
 
 
 def holm(p: list[float]) -> list[float]:
