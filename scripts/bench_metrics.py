@@ -13,9 +13,13 @@ the batch), after a warm-up call that settles the scorer's chunk probes; a time 
 synchronised around each call.
 
 A metric's *limit* is its forward passes per image times t_F, the model's forward pass per image
-at the device's best batch size (``torch.inference_mode``, batch sizes 1 .. 64), measured first;
-ADCC's limit is the method's own time (its one more map per image, whose pass on x * L also gives
-the confidence O), measured here.
+at the device's best batch size (``torch.inference_mode``, batch sizes 1 .. 64), measured first,
+plus the more maps it asks of the method per image times the method's own time (Grad-CAM's,
+measured here): ADCC 1 (its map of x * L, whose pass also gives the confidence O), model
+randomisation one per randomised block (6 for a ResNet), class sensitivity 1, sensitivity its
+samples (10). The localisation metrics, distractor mass, the grid pointing game and map complexity
+read the maps only (no limit: their time is shown against t_F); their ground truth here is the
+central quarter of each image as the object mask (the grid cell) and a corner square as a distractor.
 
 Peers, at the same images, maps, classes and settings (steps, runs, samples, percentages):
 Quantus 0.6 (numpy in, its own batching; ``np.trapz``, which numpy 2.4 removed, aliased here),
@@ -51,6 +55,7 @@ from cambench.data.preprocessing import Preprocessing
 from cambench.methods import build_method
 from cambench.metrics import MetricContext, MetricInput, build_metric
 from cambench.metrics.deletion_insertion import curve_points, perturbation_curve, pixel_ranks
+from cambench.metrics.randomisation import randomisation_blocks
 from cambench.metrics.road import road_images
 from cambench.models.engine import Engine
 from cambench.models.layers import default_target_layer
@@ -65,8 +70,9 @@ PERCENTAGES = [10, 20, 30, 40, 50, 60, 70, 80, 90]
 @dataclass
 class Row:
     metric: str
-    forwards: float  # per image (ADCC: plus the method)
+    forwards: float  # per image
     seconds: float  # ours, per image
+    maps: int  # more maps of the method per image (ADCC, the sanity metrics)
     limit: float
     # peer -> (its seconds per image, ours at equal work: the metric, with our Grad-CAM where the peer
     # computes one, scaled by forwards where the peer makes fewer)
@@ -113,8 +119,10 @@ def best_forward(model: torch.nn.Module, size: int, device: torch.device, repeat
     return best, per_image[best]
 
 
-def ours(args: argparse.Namespace, engine: Engine, method, batch: MetricInput) -> dict[str, tuple[Callable, float]]:
-    """Our metrics at the peers' settings: name -> (call, forward passes per image)."""
+def ours(
+    args: argparse.Namespace, engine: Engine, method, batch: MetricInput
+) -> dict[str, tuple[Callable, float, int]]:
+    """Our metrics at the peers' settings: name -> (call, forward passes per image, more maps per image)."""
     steps, size = args.steps, args.image_size
     ctx = MetricContext(engine, method)
     counts, _ = curve_points(size * size, steps, device=batch.images.device)
@@ -122,23 +130,31 @@ def ours(args: argparse.Namespace, engine: Engine, method, batch: MetricInput) -
     zeros = torch.zeros_like(batch.images)
     generator = torch.Generator(device=batch.images.device).manual_seed(0)
     metrics = {
-        "deletion_insertion": ({"steps": steps, "insertion_substrate": "zeros"}, 2 * (steps + 1)),
-        "confidence": ({}, 1),
-        "adcc": ({}, 0),  # no forward of its own: the method's pass on x * L gives the map and O
-        "faithfulness_correlation": ({"runs": 100, "subset": 224}, 100),
-        "infidelity": ({"samples": 10}, 10),
-        "road": ({"percentages": PERCENTAGES}, 2 * len(PERCENTAGES)),
+        "deletion_insertion": ({"steps": steps, "insertion_substrate": "zeros"}, 2 * (steps + 1), 0),
+        "confidence": ({}, 1, 0),
+        "adcc": ({}, 0, 1),  # one more map: the method's pass on x * L gives the map and O
+        "faithfulness_correlation": ({"runs": 100, "subset": 224}, 100, 0),
+        "infidelity": ({"samples": 10}, 10, 0),
+        "road": ({"percentages": PERCENTAGES}, 2 * len(PERCENTAGES), 0),
+        "localisation": ({}, 0, 0),
+        "distractor_mass": ({}, 0, 0),
+        "grid_pointing_game": ({}, 0, 0),
+        "map_complexity": ({}, 0, 0),
+        "model_randomisation": ({}, 0, len(randomisation_blocks(engine.model))),
+        "class_sensitivity": ({}, 0, 1),
+        "sensitivity": ({"samples": 10}, 0, 10),
     }
     calls = {
         "deletion curve": (
             lambda: perturbation_curve(engine.scorer, batch.images, zeros, ranks, batch.targets, counts),
             steps + 1,
+            0,
         ),
-        "road imputation": (lambda: road_images(batch.images, batch.maps, PERCENTAGES, generator=generator), 0),
+        "road imputation": (lambda: road_images(batch.images, batch.maps, PERCENTAGES, generator=generator), 0, 0),
     }
-    for name, (params, forwards) in metrics.items():
+    for name, (params, forwards, maps) in metrics.items():
         metric = build_metric(name, ctx, **params)
-        calls[name] = (lambda metric=metric: metric.score(batch), forwards)
+        calls[name] = (lambda metric=metric: metric.score(batch), forwards, maps)
     return calls
 
 
@@ -248,19 +264,25 @@ def bench_model(arch: str, args: argparse.Namespace, device: torch.device) -> li
     images = Preprocessing().from_pixels(pixels).to(device).contiguous(memory_format=torch.channels_last)
     out = method.explain(images)
     t_method = best_seconds(lambda: method.explain(images), args.repeats, device) / args.images
-    batch = MetricInput(images, out.targets, None, [str(i) for i in range(args.images)], out)
+    # ground truth for the localisation metrics: the central quarter is the object, a corner square a distractor
+    masks = torch.zeros(args.images, args.image_size, args.image_size, dtype=torch.bool, device=device)
+    distractors = torch.zeros_like(masks)
+    quarter = args.image_size // 4
+    masks[:, quarter : 3 * quarter, quarter : 3 * quarter] = True
+    distractors[:, :quarter, :quarter] = True
+    batch = MetricInput(images, out.targets, masks, [str(i) for i in range(args.images)], out, distractors)
     print(
         f"\n{arch} ({layer}): forward {1000 * t_forward:.1f} ms/image at batch {best_batch}, "
         f"Grad-CAM {1000 * t_method:.1f} ms/image"
     )
     theirs = {} if args.no_peers else peers(args, model, layer, batch)
     rows = []
-    for name, (call, forwards) in ours(args, engine, method, batch).items():
+    for name, (call, forwards, maps) in ours(args, engine, method, batch).items():
         if args.metrics and name not in args.metrics:
             continue
         seconds = best_seconds(call, args.repeats, device) / args.images
-        limit = forwards * t_forward + (t_method if name == "adcc" else 0.0)
-        row = Row(name, forwards, seconds, limit)
+        limit = forwards * t_forward + maps * t_method
+        row = Row(name, forwards, seconds, maps, limit)
         for peer, (peer_call, peer_forwards) in theirs.get(name, {}).items():
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -276,10 +298,9 @@ def bench_model(arch: str, args: argparse.Namespace, device: torch.device) -> li
 
 def line(row: Row) -> str:
     peers = ", ".join(f"{peer} {row.peers[peer][0]:.3f} s ({row.peer_ratio(peer):.1f}x)" for peer in row.peers)
-    return (
-        f"  {row.metric:26s} {row.forwards:5g} F {1000 * row.seconds:9.1f} ms {1000 * row.limit:9.1f} ms "
-        f"{row.ratio():5.2f}x  {peers}"
-    )
+    passes = f"{row.forwards:g} F" + (f" + {row.maps} M" if row.maps else "")
+    limit = f"{1000 * row.limit:9.1f} ms {row.ratio():5.2f}x" if row.limit else f"{'-':>12s} {'-':>6s}"
+    return f"  {row.metric:26s} {passes:>10s} {1000 * row.seconds:9.1f} ms {limit}  {peers}"
 
 
 def merged(old: dict, new: dict) -> dict:
@@ -315,7 +336,7 @@ def main() -> None:
         f"{args.steps} steps"
     )
     print(
-        f"  {'metric':26s} {'passes':>7s} {'ours':>12s} {'limit':>12s} {'ratio':>6s}  "
+        f"  {'metric':26s} {'passes':>10s} {'ours':>12s} {'limit':>12s} {'ratio':>6s}  "
         "peers (s/image, ratio at equal work)"
     )
     rows = {arch: bench_model(arch, args, device) for arch in args.models}

@@ -229,9 +229,21 @@ def test_groundtruth_metrics_in_one_run(tmp_path):
 
     overrides = ["metrics=groundtruth", "metrics.localisation.tolerance=3", "model.weights=random"]
     overrides += ["dataset.image_size=64", "runner.num_images=4", "runner.batch_size=2", "runner.progress=false"]
+    overrides += ["metrics.sensitivity.samples=2", "runner.baselines=[fakecam,edgecam]"]
     cfg = config(*overrides, f"runner.results_table={tmp_path / 'runs.csv'}")
-    assert list(cfg.metrics) == ["localisation", "distractor_mass"]
+    assert list(cfg.metrics) == [
+        "localisation",
+        "distractor_mass",
+        "model_randomisation",
+        "class_sensitivity",
+        "sensitivity",
+        "map_complexity",
+    ]
     result = run(cfg, tmp_path / "run")
+    # Edge-CAM ignores the model and the class: both sanity checks flag it
+    flags = result.summary.set_index("metric")["flag"].fillna("")
+    assert "edgecam fails (1.000 >= 0.9)" in flags["randomisation_spearman"]
+    assert "edgecam fails (1.000 >= 0.9)" in flags["class_similarity"]
     columns = [*NAMES, "distractor_mass"]
     for rows in (result.rows, pd.read_csv(tmp_path / "run" / "per_image_fakecam.csv")):
         assert len(rows) == 4 and set(columns) <= set(rows.columns)

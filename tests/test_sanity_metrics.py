@@ -291,3 +291,27 @@ def test_bad_options_raise(name, params):
     method = make_method("gradcam", Tiny(), "conv")
     with pytest.raises(MetricError):
         build_metric(name, MetricContext(method.engine, method), **params)
+
+
+def test_explainers_that_fail_a_sanity_check_are_flagged_in_the_summary():
+    import pandas as pd
+
+    from cambench.runner.run import beside_baselines
+
+    def summary(similarity: float, spearman_mean: float) -> pd.DataFrame:
+        return pd.DataFrame(
+            {"metric": ["class_similarity", "randomisation_spearman"], "mean": [similarity, spearman_mean]}
+        )
+
+    summaries = {"gradcam": summary(0.3, 0.2), "edgecam": summary(1.0, 1.0), "noisecam": summary(0.89, 0.95)}
+    metrics = {name: METRICS[name] for name in ("class_sensitivity", "model_randomisation")}
+    flagged, line = beside_baselines(summaries, "gradcam", metrics)
+    assert flagged["flag"].tolist() == [
+        "edgecam fails (1.000 >= 0.9)",
+        "edgecam fails (1.000 >= 0.9) noisecam fails (0.950 >= 0.9)",
+    ]
+    assert line == "edgecam fails: class_similarity, randomisation_spearman; noisecam fails: randomisation_spearman"
+    # the method itself fails: its own summary says so
+    flagged, line = beside_baselines({"edgecam": summary(1.0, 0.5)}, "edgecam", metrics)
+    assert flagged["flag"].tolist() == ["method fails (1.000 >= 0.9)", ""]
+    assert line == "method fails: class_similarity"

@@ -106,6 +106,9 @@ class Metric:
     derived: ClassVar[dict[str, Callable[[dict[str, Tensor]], Tensor]]] = {}
     lower_is_better: ClassVar[frozenset[str]] = frozenset()  # of names and derived; the others: higher is better
     requires: ClassVar[frozenset[str]] = frozenset()  # keys of CAPABILITIES
+    # sanity checks: column -> the mean at or past which (by the column's direction) the explainer fails
+    # the check; the summary's flag column says so
+    fails_at: ClassVar[dict[str, float]] = {}
 
     def __init__(self, ctx: MetricContext):
         self.ctx = ctx

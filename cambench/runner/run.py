@@ -278,8 +278,9 @@ def beside_baselines(
     summaries: dict[str, pd.DataFrame], method: str, metrics: dict[str, Metric]
 ) -> tuple[pd.DataFrame, str]:
     """The method's summary with each baseline's mean in a column of its own, and ``flag`` naming
-    the baselines that score at or above the method (by the metric's direction); also the flags
-    as one line (``fakecam: average_drop, complexity``) for the results table."""
+    the baselines that score at or above the method (by the metric's direction) and the explainers
+    that fail a sanity check (:func:`sanity_failures`); also the flags as one line
+    (``fakecam: average_drop, complexity; edgecam fails: randomisation_spearman``) for the results table."""
     summary = summaries[method].copy()
     lower = set().union(*(m.lower_is_better for m in metrics.values()))
     scored = {name for m in metrics.values() for name in (*m.names, *m.derived)}
@@ -293,10 +294,41 @@ def beside_baselines(
                 theirs, ours = getattr(row, name), row.mean
                 if (theirs <= ours) if row.metric in lower else (theirs >= ours):
                     flags[row.metric].append(name)
-    summary["flag"] = summary["metric"].map(lambda metric: " ".join(f"{b} >= method" for b in flags.get(metric, [])))
+    failures = sanity_failures(summaries, metrics)
+    label = {name: "method" if name == method else name for name in summaries}
+    summary["flag"] = summary["metric"].map(
+        lambda metric: " ".join(
+            [
+                *(f"{b} >= method" for b in flags.get(metric, [])),
+                *(f"{label[name]} fails ({verdict})" for name, verdict in failures.get(metric, {}).items()),
+            ]
+        )
+    )
     by_baseline = {b: [m for m, names in flags.items() if b in names] for b in summaries if b != method}
-    line = "; ".join(f"{b}: {', '.join(ms)}" for b, ms in by_baseline.items() if ms)
+    failed = {label[n]: [m for m, by in failures.items() if n in by] for n in summaries}
+    line = "; ".join(
+        [
+            *(f"{b}: {', '.join(ms)}" for b, ms in by_baseline.items() if ms),
+            *(f"{n} fails: {', '.join(ms)}" for n, ms in failed.items() if ms),
+        ]
+    )
     return summary, line
+
+
+def sanity_failures(summaries: dict[str, pd.DataFrame], metrics: dict[str, Metric]) -> dict[str, dict[str, str]]:
+    """Sanity checks failed (``Metric.fails_at``): column -> explainer -> ``1.000 >= 0.9``, where the
+    explainer's mean is at or past the threshold by the column's direction."""
+    thresholds = {
+        column: (limit, column in m.lower_is_better) for m in metrics.values() for column, limit in m.fails_at.items()
+    }
+    out: dict[str, dict[str, str]] = {}
+    for name, summary in summaries.items():
+        means = summary.set_index("metric")["mean"]
+        for column, (limit, lower) in thresholds.items():
+            mean = means.get(column, float("nan"))
+            if (mean >= limit) if lower else (mean <= limit):
+                out.setdefault(column, {})[name] = f"{mean:.3f} {'>=' if lower else '<='} {limit:g}"
+    return out
 
 
 def _rows(ids: list[str], labels: torch.Tensor, out, scores: dict[str, torch.Tensor], costs: dict) -> list[dict]:
