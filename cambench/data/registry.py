@@ -1,10 +1,14 @@
 """Datasets by config name: each has a schema (its YAML's keys), a class count known before the
 model is built, and a builder that takes the model's preprocessing. Every schema carries the grid
 options (``dataset.grid``, ``dataset.grid_confidence``: mosaics for the grid pointing game, see
-``cambench.data.grid``); the runner builds the mosaics over the dataset once the model is loaded."""
+``cambench.data.grid``); the runner builds the mosaics over the dataset once the model is loaded.
+The datasets of image files also take ``dataset.resize_size`` and ``dataset.crop_size`` (null: the
+model weights' own), so a protocol can ask for another resize than the weights' (Poppi et al.'s
+code: Resize(224) + CenterCrop(224)); the normalisation stays the weights'."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +17,9 @@ from typing import Any
 from omegaconf import MISSING
 from torch.utils.data import Dataset
 
+from cambench.data.base import DatasetError
 from cambench.data.grid import grid_options
+from cambench.data.preprocessing import Preprocessing
 from cambench.data.shapes import SHAPE_CLASSES
 from cambench.data.shapes_dataset import ShapesDataset
 
@@ -27,9 +33,17 @@ class ShapesConfig:
     seed: int | None = None  # null: the split's own seed
 
 
+@dataclass
+class ImageFilesConfig:
+    """Options of every dataset of image files: the resize (shorter side) and centre crop before the model."""
+
+    resize_size: int | None = None  # null: the model weights' own (256 for most torchvision weights)
+    crop_size: int | None = None  # null: the model weights' own (224)
+
+
 @grid_options
 @dataclass
-class ImageNetConfig:
+class ImageNetConfig(ImageFilesConfig):
     name: str = "imagenet"
     root: str = MISSING  # the validation images: 1000 wnid folders, or flat files with labels_file
     labels_file: str | None = None
@@ -39,7 +53,7 @@ class ImageNetConfig:
 
 @grid_options
 @dataclass
-class FolderConfig:
+class FolderConfig(ImageFilesConfig):
     name: str = "folder"
     root: str = MISSING
     class_map: dict[str, int] | None = None  # folder name -> model class index
@@ -48,7 +62,7 @@ class FolderConfig:
 
 @grid_options
 @dataclass
-class ImagenetteConfig:
+class ImagenetteConfig(ImageFilesConfig):
     name: str = "imagenette"
     root: str = "${oc.env:HOME}/.cache/cambench/imagenette"
     split: str = "val"
@@ -83,6 +97,18 @@ def _folder_classes(cfg: FolderConfig) -> int:
     return len(_files().class_folders(Path(cfg.root).expanduser()))
 
 
+def sized(cfg: ImageFilesConfig, preprocessing: Preprocessing) -> Preprocessing:
+    """The model's preprocessing with the dataset's ``resize_size`` and ``crop_size`` where they are set."""
+    resize = preprocessing.resize_size if cfg.resize_size is None else cfg.resize_size
+    crop = preprocessing.crop_size if cfg.crop_size is None else cfg.crop_size
+    if crop < 1 or resize < crop:
+        raise DatasetError(
+            f"dataset.crop_size ({crop}) must be >= 1 and at most the resize (dataset.resize_size, {resize}): "
+            "a larger crop would pad the image; set dataset.resize_size >= dataset.crop_size"
+        )
+    return dataclasses.replace(preprocessing, resize_size=resize, crop_size=crop)
+
+
 def _files():  # imported lazily: PIL and torchvision.datasets are not needed for shapes
     from cambench.data import files
 
@@ -101,7 +127,11 @@ DATASETS: dict[str, DatasetSpec] = {
         ImageNetConfig,
         lambda cfg: 1000,
         lambda cfg, prep: _files().ImageNetValDataset(
-            cfg.root, prep, labels_file=cfg.labels_file, boxes_dir=cfg.boxes_dir, class_index_file=cfg.class_index_file
+            cfg.root,
+            sized(cfg, prep),
+            labels_file=cfg.labels_file,
+            boxes_dir=cfg.boxes_dir,
+            class_index_file=cfg.class_index_file,
         ),
         lambda cfg: cfg.boxes_dir is not None,
     ),
@@ -109,14 +139,17 @@ DATASETS: dict[str, DatasetSpec] = {
         FolderConfig,
         _folder_classes,
         lambda cfg, prep: _files().FolderDataset(
-            cfg.root, prep, class_map=dict(cfg.class_map) if cfg.class_map else None, num_classes=cfg.num_classes
+            cfg.root,
+            sized(cfg, prep),
+            class_map=dict(cfg.class_map) if cfg.class_map else None,
+            num_classes=cfg.num_classes,
         ),
     ),
     "imagenette": DatasetSpec(
         ImagenetteConfig,
         lambda cfg: 1000,
         lambda cfg, prep: _files().ImagenetteDataset(
-            cfg.root, prep, split=cfg.split, size=cfg.size, download=cfg.download
+            cfg.root, sized(cfg, prep), split=cfg.split, size=cfg.size, download=cfg.download
         ),
     ),
 }
