@@ -75,6 +75,17 @@ class FinishedRun:
         means and the flag column."""
         return pd.read_csv(self.folder / SUMMARY)
 
+    @property
+    def baselines(self) -> list[str]:
+        """The sanity baselines scored beside the method: ``runner.baselines`` less the method itself,
+        those with a summary file (``summary_<baseline>.csv``)."""
+        names = [name for name in self.config.get("runner", {}).get("baselines", []) if name != self.method]
+        return [name for name in names if (self.folder / f"summary_{name}.csv").exists()]
+
+    def summary_of(self, explainer: str) -> pd.DataFrame:
+        """The summary of the method (its ``summary.csv``) or of the sanity baseline ``explainer``."""
+        return self.summary if explainer == self.method else pd.read_csv(self.folder / f"summary_{explainer}.csv")
+
     def rows(self, explainer: str | None = None) -> pd.DataFrame:
         """Per-image rows of the method (or of the sanity baseline ``explainer``), indexed by image id."""
         name = PER_IMAGE if explainer in (None, self.method) else f"per_image_{explainer}.csv"
