@@ -88,6 +88,7 @@ class ClassSensitivity(Metric):
 
     names = ("class_similarity",)
     lower_is_better = frozenset({"class_similarity"})
+    requires = frozenset({"new_maps"})  # the map for another class
 
     def __init__(self, ctx: MetricContext, similarity: str = "ssim"):
         super().__init__(ctx)

@@ -41,8 +41,9 @@ ResNet), batched per step. Memory: one deep copy of the model for the run, built
 batch on its device, with the method rebuilt on it (its own Engine and Scorer: same preprocessing,
 mixed precision and seed). Per batch the copy's blocks are restored from the original model and
 re-randomised in place block by block (explain after each), so no per-step copy is kept. A
-stochastic method (noise, random maps) draws from the rebuilt method's own generator, so its noise
-differs from the original map's and a model-independent stochastic map scores below 1.
+stochastic method (noise, random maps) draws from the rebuilt method's own generator, reseeded per
+batch as the method's: the first step draws the original map's noise, the later steps new noise,
+so a model-independent stochastic map scores below 1.
 """
 
 from __future__ import annotations
@@ -187,6 +188,7 @@ class ModelRandomisation(Metric):
 
     names = (SPEARMAN, SSIM)
     lower_is_better = frozenset((SPEARMAN, SSIM, *step_columns(MAX_STEPS)))
+    requires = frozenset({"new_maps"})  # the maps of the randomised models
 
     def __init__(self, ctx: MetricContext, layers: int | None = None):
         self.names = self.columns(layers=layers)
@@ -238,6 +240,7 @@ class ModelRandomisation(Metric):
         if self._model is None:
             self._build(images.device)
         restore(self._model, self.ctx.model, self.blocks)
+        self._method.engine.batch = self.ctx.engine.batch  # its draws are seeded per batch, as the method's
         for k, block in enumerate(self.blocks, 1):
             randomise(self._model, block, self.ctx.engine.seed + k)
             yield self._method.explain(images, targets).maps
