@@ -17,7 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from cambench.data.registry import DATASETS
 from cambench.device import AUTOCAST_DTYPES
-from cambench.methods import METHODS, MethodError
+from cambench.methods import METHODS, MethodError, all_methods
 from cambench.metrics import METRICS, MetricError
 from cambench.models.build import available_models
 from cambench.params import parameters, schema
@@ -51,6 +51,9 @@ class RunnerConfig:
     # metrics added to every run whose dataset gives what they need (ground-truth masks), at their defaults
     add_when_available: list[str] = field(default_factory=lambda: ["localisation", "grid_pointing_game"])
     progress: bool = True
+    save_maps: bool = False  # the method's maps, batch by batch, in maps/ (cambench.results.maps)
+    resume: bool = False  # go on from the newest earlier run of this config under resume_roots; skip a finished one
+    resume_roots: list[str] = field(default_factory=lambda: ["outputs", "multirun"])  # Hydra's output trees
 
 
 GROUP_SCHEMAS = {"model": ModelConfig, "runner": RunnerConfig}
@@ -125,10 +128,11 @@ def validate(cfg: DictConfig) -> DictConfig:
         group, name = key.split(".")
         _check_choice(out[group][name], valid, key)
 
-    _check_choice(cfg.method.get("name"), sorted(METHODS), "method")
+    methods = all_methods()
+    _check_choice(cfg.method.get("name"), sorted(methods), "method")
     for baseline in out["runner"].baselines:
         _check_choice(baseline, sorted(METHODS), "runner.baselines entry")
-    out["method"] = _params(METHODS[cfg.method.name], cfg.method, "method", extra={"name": (str, MISSING)})
+    out["method"] = _params(methods[cfg.method.name], cfg.method, "method", extra={"name": (str, MISSING)})
 
     _check_choice(cfg.dataset.get("name"), sorted(DATASETS), "dataset")
     out["dataset"] = _merge(DATASETS[cfg.dataset.name].schema, cfg.dataset, "dataset")

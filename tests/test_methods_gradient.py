@@ -616,7 +616,7 @@ def test_smoothgradcampp_is_seeded_and_runs_the_noisy_copies_in_chunks_the_devic
         torch.testing.assert_close(chunked.explain(images).raw, first.raw, rtol=1e-5, atol=1e-6)
         assert batches == [2, 8, 2]  # the same noise, 10 noisy rows in passes of 8 and 2
         method.engine.scorer.batch_size = None
-        second = method.explain(images)  # the method's generator advances from batch to batch
+        second = method.explain(images)  # the method's generator goes on from call to call within a batch
     finally:
         for handle in handles:
             handle.remove()

@@ -29,27 +29,35 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cambench.device import autocast
-from cambench.models.engine import Engine, Passes
+from cambench.models.engine import Engine, Passes, Stream
 from cambench.models.split import Carry, SplitModel
 
-METHODS: dict[str, type[CAMMethod]] = {}
+METHODS: dict[str, type[CAMMethod]] = {}  # the CAM methods: the method table, the benchmarks, the baselines
+# methods that are no CAM method of their own (method=saved looks stored maps up): configurable as
+# ``method=``, but not in the method table, the benchmarks or the tests that run every CAM method
+SOURCES: dict[str, type[CAMMethod]] = {}
 
 
 class MethodError(ValueError):
     """A method that cannot run as configured (its parameters, or the model it is given)."""
 
 
-def register(name: str) -> Callable[[type[CAMMethod]], type[CAMMethod]]:
-    """Class decorator: make a method available under its config name."""
+def register(name: str, registry: dict[str, type[CAMMethod]] = METHODS) -> Callable[[type[CAMMethod]], type[CAMMethod]]:
+    """Class decorator: make a method available under its config name (in ``registry``)."""
 
     def add(cls: type[CAMMethod]) -> type[CAMMethod]:
-        if name in METHODS:
+        if name in METHODS or name in SOURCES:
             raise ValueError(f"method {name!r} is registered twice")
-        METHODS[name] = cls
+        registry[name] = cls
         cls.name = name
         return cls
 
     return add
+
+
+def all_methods() -> dict[str, type[CAMMethod]]:
+    """Every ``method=`` choice: the CAM methods and the other sources of maps."""
+    return METHODS | SOURCES
 
 
 @dataclass
@@ -122,16 +130,20 @@ class CAMMethod:
     needs_input_gradients: ClassVar[bool] = False  # a backward pass through the whole model (optimisation, LRP)
     multi_layer: ClassVar[bool] = False  # accepts several target layers
     score: ClassVar[str] = "logit"  # what y_c is: logit | probability
+    new_maps: ClassVar[bool] = True  # makes maps of any input and class (method=saved only looks stored ones up)
 
     def __init__(self, engine: Engine):
         self.engine = engine
-        self._generator: torch.Generator | None = None
+        self._stream = Stream()
 
     def generator(self, device: torch.device) -> torch.Generator:
-        """The method's own generator, seeded with the run's seed once and advancing from batch to batch."""
-        if self._generator is None or self._generator.device != device:
-            self._generator = self.engine.generator(device)
-        return self._generator
+        """The method's own generator: seeded from the run's seed and the batch index, advancing within a batch."""
+        return self._stream(self.engine, device)
+
+    @classmethod
+    def capabilities(cls) -> set[str]:
+        """What the method gives the metrics (keys of ``cambench.metrics.base.CAPABILITIES``)."""
+        return {name for name, given in (("gradients", cls.needs_gradients), ("new_maps", cls.new_maps)) if given}
 
     @classmethod
     def check(cls, **params: Any) -> None:
@@ -206,9 +218,10 @@ class GradientMethod(CAMMethod):
 
 
 def build_method(name: str, engine: Engine, **params: Any) -> CAMMethod:
-    if name not in METHODS:
-        raise KeyError(f"unknown method {name!r}; valid choices: {', '.join(sorted(METHODS))}")
-    cls = METHODS[name]
+    methods = all_methods()
+    if name not in methods:
+        raise KeyError(f"unknown method {name!r}; valid choices: {', '.join(sorted(methods))}")
+    cls = methods[name]
     cls.check(**params)
     cls.check_model(engine.split)
     return cls(engine, **params)

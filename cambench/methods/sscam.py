@@ -19,9 +19,10 @@ softmax over channels of the mean logit differences (1/N) sum_n (y_c(x * (M_k + 
 channels. Its noise is drawn per call from the global generator.
 
 The noise is a pure function of the image's key (one 32-bit key per image, drawn in order from
-the method's seeded CPU generator), the channel, the copy and the pixel (:func:`row_noise`): the
-scorer's chunk sizes, the batch composition and the device change no value, and the masked
-inputs are built chunk by chunk (the K N noisy masks of a batch never exist at once).
+the method's CPU generator, which a run seeds per batch), the channel, the copy and the pixel
+(:func:`row_noise`): the scorer's chunk sizes and the device change no value (the batch size
+does), and the masked inputs are built chunk by chunk (the K N noisy masks of a batch never
+exist at once).
 Cost: 1 forward pass, then at most K N (flat channels are skipped).
 """
 
@@ -70,7 +71,7 @@ class SSCAM(ScoreCAM):
             raise MethodError(f"sscam needs samples >= 1 and sigma >= 0, got {samples} and {sigma}")
 
     def perturb(self, fw: Forward) -> Perturb:
-        # one key per image, drawn in order on the CPU: batching and the device do not change them
+        # one key per image, drawn in order on the CPU: the device does not change them
         keys = torch.randint(2**32, (len(fw.images),), generator=self.generator(torch.device("cpu")))
         keys = keys.to(fw.images.device)
 

@@ -67,6 +67,7 @@ class ADCC(Metric):
 
     names = (*NAMES, "coherency", "complexity", "adcc_per_image")
     lower_is_better = frozenset({"average_drop", "complexity"})
+    requires = frozenset({"new_maps"})  # coherency: the map of x * L
     derived: ClassVar[dict[str, Callable[[dict[str, Tensor]], Tensor]]] = {"adcc_of_means": adcc_of_means}
 
     def score(self, batch: MetricInput) -> dict[str, Tensor]:

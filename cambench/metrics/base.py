@@ -5,8 +5,13 @@ wrapped by a small class that accumulates per-image values (the torchmetrics hab
 is built once per run with a :class:`MetricContext`: the model split at its target layers, the
 method itself (a metric may recompute maps), the scorer, the preprocessing (pixel space <->
 model input) and the run's seed. A metric declares what it needs in ``requires`` (for example
-``"masks"``: ground-truth masks from the dataset); the run fails at start when the dataset or
-the method cannot give it.
+``"masks"``: ground-truth masks from the dataset, ``"new_maps"``: the method's maps of other
+inputs or classes); the run fails at start when the dataset or the method cannot give it.
+
+A metric's random draws come from a generator of its own, reseeded per batch from the run's seed
+and the batch index (:class:`cambench.models.engine.Stream`). What a metric accumulates over the
+batches besides its per-image values (the mean curves) is named in ``accumulators``: the runner
+saves it after every batch, so that a resumed run goes on from it.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from torch import Tensor, nn
 
 from cambench.data.preprocessing import Preprocessing
 from cambench.methods.base import CAMMethod, CAMOutput
-from cambench.models.engine import Engine
+from cambench.models.engine import Engine, Stream
 from cambench.models.scorer import Scorer
 
 METRICS: dict[str, type[Metric]] = {}
@@ -29,6 +34,7 @@ CAPABILITIES = {
     "gradients": "a gradient-based method",
     "distractors": "distractor masks (dataset=shapes)",
     "grid": "grid mosaics (dataset.grid=2, on any dataset)",
+    "new_maps": "a method that makes maps of new inputs or classes (method=saved only looks stored maps up)",
 }
 
 
@@ -67,8 +73,8 @@ class MetricContext:
         return self.engine.preprocessing
 
     def generator(self, device: torch.device) -> torch.Generator:
-        """A generator seeded with the run's seed: each metric takes its own, so adding a metric
-        does not change another's random draws."""
+        """A fresh generator seeded with the run's seed: what every metric draws from on the first batch
+        (its own stream, :meth:`Metric.generator`, is reseeded per batch)."""
         return self.engine.generator(device)
 
 
@@ -109,18 +115,26 @@ class Metric:
     # sanity checks: column -> the mean at or past which (by the column's direction) the explainer fails
     # the check; the summary's flag column says so
     fails_at: ClassVar[dict[str, float]] = {}
+    accumulators: ClassVar[tuple[str, ...]] = ()  # attributes holding running state (besides the per-image values)
 
     def __init__(self, ctx: MetricContext):
         self.ctx = ctx
         self._values: dict[str, list[Tensor]] = {name: [] for name in self.names}
-        self._generator: torch.Generator | None = None
+        self._stream = Stream()
 
     def generator(self, device: torch.device) -> torch.Generator:
-        """This metric's own generator, seeded by the run and made on first use on the batch's device:
-        its draws go on from batch to batch and do not depend on the other metrics."""
-        if self._generator is None:
-            self._generator = self.ctx.generator(device)
-        return self._generator
+        """This metric's own generator, seeded from the run's seed and the batch index and advancing within
+        the batch: its draws depend neither on the batches before nor on the other metrics."""
+        return self._stream(self.ctx.engine, device)
+
+    def state(self) -> dict[str, Any]:
+        """The running state of ``accumulators`` (tensors on the CPU), saved after every batch."""
+        return {name: getattr(self, name) for name in self.accumulators}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Go on from a saved :meth:`state` (a resumed run)."""
+        for name in self.accumulators:
+            setattr(self, name, state[name])
 
     @classmethod
     def check(cls, **params: Any) -> None:

@@ -93,6 +93,7 @@ class ClassSensitivity(Metric):
     lower_is_better = frozenset({"class_similarity"})
     # a map that hardly depends on the class fails the test: flagged in the summary
     fails_at: ClassVar[dict[str, float]] = {"class_similarity": 0.9}
+    requires = frozenset({"new_maps"})  # the map for another class
 
     def __init__(self, ctx: MetricContext, similarity: str = "ssim"):
         super().__init__(ctx)

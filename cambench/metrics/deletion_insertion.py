@@ -138,6 +138,7 @@ class DeletionInsertion(Metric):
 
     names = ("deletion", "insertion", "deletion_lerf", "insertion_lerf", "deletion_between", "insertion_between")
     lower_is_better = frozenset({"deletion", "insertion_lerf"})
+    accumulators = ("_curves", "_counted", "_x")  # the mean curves: saved per batch for resumed runs
 
     def __init__(
         self,

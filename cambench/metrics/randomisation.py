@@ -43,8 +43,9 @@ ResNet), batched per step. Memory: one deep copy of the model for the run, built
 batch on its device, with the method rebuilt on it (its own Engine and Scorer: same preprocessing,
 mixed precision and seed). Per batch the copy's blocks are restored from the original model and
 re-randomised in place block by block (explain after each), so no per-step copy is kept. A
-stochastic method (noise, random maps) draws from the rebuilt method's own generator, so its noise
-differs from the original map's and a model-independent stochastic map scores below 1.
+stochastic method (noise, random maps) draws from the rebuilt method's own generator, reseeded per
+batch as the method's: the first step draws the original map's noise, the later steps new noise,
+so a model-independent stochastic map scores below 1.
 """
 
 from __future__ import annotations
@@ -191,6 +192,7 @@ class ModelRandomisation(Metric):
     lower_is_better = frozenset((SPEARMAN, SSIM, *step_columns(MAX_STEPS)))
     # a map that hardly depends on the parameters fails the test: flagged in the summary
     fails_at: ClassVar[dict[str, float]] = {SPEARMAN: 0.9}
+    requires = frozenset({"new_maps"})  # the maps of the randomised models
 
     def __init__(self, ctx: MetricContext, layers: int | None = None):
         self.names = self.columns(layers=layers)
@@ -242,6 +244,7 @@ class ModelRandomisation(Metric):
         if self._model is None:
             self._build(images.device)
         restore(self._model, self.ctx.model, self.blocks)
+        self._method.engine.batch = self.ctx.engine.batch  # its draws are seeded per batch, as the method's
         for k, block in enumerate(self.blocks, 1):
             randomise(self._model, block, self.ctx.engine.seed + k)
             yield self._method.explain(images, targets).maps

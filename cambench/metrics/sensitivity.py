@@ -62,6 +62,7 @@ class Sensitivity(Metric):
 
     names = ("max_sensitivity", "avg_sensitivity")
     lower_is_better = frozenset(names)
+    requires = frozenset({"new_maps"})  # the maps of the perturbed inputs
 
     def __init__(self, ctx: MetricContext, samples: int = 10, radius: float = 0.02, normalise: bool = True):
         super().__init__(ctx)

@@ -1,5 +1,10 @@
 """What every method and metric of a run shares: the split model, the scorer, the preprocessing,
-mixed precision and the seed. Built once per run."""
+mixed precision, the seed and the batch being evaluated. Built once per run.
+
+Random draws are seeded per batch: every method and metric draws from a :class:`Stream` of its own,
+reseeded from (run seed, batch index) whenever the runner moves the engine to another batch, so a
+batch's draws do not depend on how many batches ran before it (a resumed run draws what an
+uninterrupted one draws) and adding a metric changes no other's draws."""
 
 from __future__ import annotations
 
@@ -48,13 +53,15 @@ class Engine:
     preprocessing: Preprocessing
     autocast_dtype: torch.dtype | None = None
     seed: int = 0
+    batch: int = 0  # index of the batch being evaluated (set by the runner): the streams reseed from it
+    ids: tuple[str, ...] = ()  # that batch's image ids (method=saved looks its maps up by them)
 
     @property
     def model(self) -> nn.Module:
         return self.split.model
 
     def generator(self, device: torch.device) -> torch.Generator:
-        """A fresh generator on ``device`` seeded with the run's seed."""
+        """A fresh generator on ``device`` seeded with the run's seed (the same draws whatever the batch)."""
         return torch.Generator(device=device).manual_seed(self.seed)
 
     def actual_passes(self, declared: Passes) -> Passes:
@@ -62,3 +69,28 @@ class Engine:
         if self.split.tail_is_full_forward:
             return replace(declared, forward=declared.forward + declared.tail, tail=0.0)
         return declared
+
+
+# splitmix64's increment: odd, so every batch gets other low 32 bits (all that seeds torch's CPU generator)
+WEYL = 0x9E3779B97F4A7C15
+
+
+def batch_seed(seed: int, batch: int) -> int:
+    """The seed of batch ``batch``'s draws: the run's seed for the first batch, one Weyl step more per batch."""
+    return (seed + batch * WEYL) % 2**64
+
+
+class Stream:
+    """A method's or a metric's own random generator, reseeded from (run seed, batch index) whenever the
+    engine is at another batch (or the draws move to another device); within a batch it advances."""
+
+    def __init__(self) -> None:
+        self._generator: torch.Generator | None = None
+        self._at: tuple[int, int, torch.device] | None = None
+
+    def __call__(self, engine: Engine, device: torch.device) -> torch.Generator:
+        at = (engine.seed, engine.batch, torch.device(device))
+        if self._generator is None or at != self._at:
+            self._generator = torch.Generator(device=device).manual_seed(batch_seed(engine.seed, engine.batch))
+            self._at = at
+        return self._generator

@@ -1,5 +1,6 @@
-"""Files of a run: per-image rows (appended batch by batch, so a crash keeps what was done),
-the summary table, the config with library versions, and a row in the shared results table.
+"""Files of a run: per-image rows (appended batch by batch, so a crash keeps what was done, and
+cut back to whole batches when a run is resumed), the summary table, the config with library
+versions, and a row in the shared results table.
 
 The shared table is written by every run, also by the parallel jobs of a sweep: each append
 reads, realigns and rewrites it under an exclusive file lock, through a temporary file and an
@@ -37,13 +38,29 @@ def versions() -> dict[str, str]:
     return out
 
 
+def complete_rows(path: Path) -> int:
+    """Rows of a per-image file that were written whole (a kill may cut the last line short); 0 if there is none."""
+    if not path.exists():
+        return 0
+    return max(path.read_bytes().count(b"\n") - 1, 0)
+
+
 class RunWriter:
-    def __init__(self, out_dir: Path, per_image: str = PER_IMAGE):
+    """A per-image file, appended batch by batch. A fresh run starts it anew; a resumed run keeps its header
+    and first ``keep`` rows byte for byte and appends after them."""
+
+    def __init__(self, out_dir: Path, per_image: str = PER_IMAGE, keep: int = 0):
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.per_image = self.out_dir / per_image
-        self.per_image.unlink(missing_ok=True)
-        self.rows_written = 0
+        if keep:
+            lines = self.per_image.read_bytes().split(b"\n")
+            partial = self.per_image.with_name(f".{self.per_image.name}.{os.getpid()}.tmp")
+            partial.write_bytes(b"\n".join(lines[: keep + 1]) + b"\n")
+            os.replace(partial, self.per_image)
+        else:
+            self.per_image.unlink(missing_ok=True)
+        self.rows_written = keep
 
     def append(self, rows: list[dict]) -> None:
         pd.DataFrame(rows).to_csv(self.per_image, mode="a", header=self.rows_written == 0, index=False)

@@ -5,11 +5,14 @@ weightless skeleton, splits it to check that the method can use the model (CAM n
 head) and checks that the dataset and method give every metric what it requires. The split of
 the real model is verified on the first batch. Per batch, the method and each metric are timed
 separately (synchronised on CUDA); every row carries ``seconds_method``, ``seconds_<metric>``,
-the method's declared passes per image and the peak memory.
+the method's declared passes per image and the peak memory. After every batch the run saves a
+checkpoint, so a killed run can go on (``runner.resume``, :mod:`cambench.runner.resume`); the
+engine knows the batch's index and ids, from which every random draw is seeded.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import resource
@@ -30,14 +33,16 @@ from cambench.data.base import Batch, collate
 from cambench.data.grid import check_grid, grid_for_run
 from cambench.data.registry import DATASETS
 from cambench.device import AUTOCAST_DTYPES, resolve_device
-from cambench.methods import METHODS, CAMMethod, build_method
+from cambench.methods import CAMMethod, all_methods, build_method
 from cambench.metrics import METRICS, Metric, MetricContext, MetricInput, build_metric, missing_capabilities
 from cambench.models.build import build_model, check_target_layers, skeleton
 from cambench.models.engine import Engine, Passes
 from cambench.models.scorer import Scorer
 from cambench.models.split import split_model
+from cambench.results.maps import MAPS, MapWriter
 from cambench.results.summary import summarise
-from cambench.results.writer import CURVES, PER_IMAGE, RunWriter, append_to_table
+from cambench.results.writer import CURVES, PER_IMAGE, RUN_INFO, SUMMARY, RunWriter, append_to_table
+from cambench.runner.resume import Checkpoint, find_earlier, fingerprint, mark_started
 from cambench.runner.sampling import coverage, random_subset, stratified_subset
 
 log = logging.getLogger(__name__)
@@ -61,23 +66,23 @@ def preflight(cfg: DictConfig) -> list[str]:
     spec = DATASETS[cfg.dataset.name]
     num_classes = spec.num_classes(cfg.dataset)
     check_grid(cfg.dataset, num_classes)
-    method = METHODS[cfg.method.name]
+    methods = all_methods()
+    method = methods[cfg.method.name]
     layers = target_layers(cfg.model.target_layer)
     if layers is None:
         layers = method.default_layers(cfg.model.name, skeleton(cfg.model.name, num_classes))
     layers = check_target_layers(cfg.model.name, num_classes, layers)
     method.check_model(split_model(skeleton(cfg.model.name, num_classes), layers))
     for explainer in dict.fromkeys([cfg.method.name, *cfg.runner.baselines]):
-        capabilities = spec.capabilities(cfg.dataset)
-        if METHODS[explainer].needs_gradients:
-            capabilities.add("gradients")
-        for name in cfg.metrics:
-            if missing := missing_capabilities(METRICS[name], capabilities):
-                raise ConfigError(
-                    f"metric {name} needs {' and '.join(missing)}, which dataset={cfg.dataset.name} "
-                    f"with method={explainer} cannot give; choose another dataset or drop the metric"
-                    + ("" if explainer == cfg.method.name else " or the baseline (runner.baselines)")
-                )
+        capabilities = spec.capabilities(cfg.dataset) | methods[explainer].capabilities()
+        needs = {n: missing for n in cfg.metrics if (missing := missing_capabilities(METRICS[n], capabilities))}
+        if needs:
+            raise ConfigError(
+                "; ".join(f"metric {name} needs {' and '.join(missing)}" for name, missing in needs.items())
+                + f", which dataset={cfg.dataset.name} with method={explainer} cannot give; drop "
+                + ("the metric" if len(needs) == 1 else "these metrics")
+                + (" or choose another dataset or method" if explainer == cfg.method.name else " or the baseline")
+            )
     return layers
 
 
@@ -112,14 +117,30 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def run(cfg: DictConfig, out_dir: Path) -> RunResult:
-    """Run one (model, method, dataset, metrics) cell; ``cfg`` is a validated config."""
+    """Run one (model, method, dataset, metrics) cell; ``cfg`` is a validated config. With ``runner.resume``
+    a finished run of the same config is returned as it is and an unfinished one goes on in its folder."""
     start = time.perf_counter()
     rc = cfg.runner
+    key = fingerprint(cfg)
+    earlier = find_earlier(key, list(rc.resume_roots)) if rc.resume else None
+    if earlier is not None and earlier[1]:
+        log.info("%s/%s finished before in %s: skipped (runner.resume)", cfg.method.name, cfg.model.name, earlier[0])
+        return finished_result(earlier[0])
     seed_everything(rc.seed)
+    layers = preflight(cfg)
+    if earlier is None:
+        if rc.resume:
+            log.info("no earlier run of this config under %s: starting afresh", ", ".join(rc.resume_roots))
+        mark_started(out_dir, key)
+    else:
+        out_dir = earlier[0]
+    names = [cfg.method.name, *(name for name in rc.baselines if name != cfg.method.name)]
+    files = {name: PER_IMAGE if name == cfg.method.name else f"per_image_{name}.csv" for name in names}
+    checkpoint = Checkpoint.load(out_dir, list(files.values())) if earlier else Checkpoint()
+
     device = resolve_device(rc.device)
     autocast = AUTOCAST_DTYPES[rc.autocast]
     spec = DATASETS[cfg.dataset.name]
-    layers = preflight(cfg)
     if cfg.dataset.grid and rc.target != "label":  # each cell's class, and recorded as such
         log.warning("dataset.grid: every cell explains its own class: runner.target=label, not prediction")
         cfg = OmegaConf.merge(cfg, {"runner": {"target": "label"}})
@@ -133,18 +154,17 @@ def run(cfg: DictConfig, out_dir: Path) -> RunResult:
     engine = Engine(split, Scorer(split, chunk, autocast, memory_format), loaded.preprocessing, autocast, rc.seed)
     method = build_method(cfg.method.name, engine, **method_params(cfg))
 
-    def explainer(name: str, method: CAMMethod, per_image: str = PER_IMAGE) -> Explainer:
+    def explainer(name: str, method: CAMMethod) -> Explainer:
         context = MetricContext(engine, method)
         metrics = {metric: build_metric(metric, context, **params) for metric, params in cfg.metrics.items()}
-        return Explainer(name, method, metrics, RunWriter(out_dir, per_image))
+        maps = MapWriter(out_dir / MAPS, checkpoint.batches) if rc.save_maps and name == cfg.method.name else None
+        out = Explainer(name, method, metrics, RunWriter(out_dir, files[name], checkpoint.images), maps)
+        out.load_state(checkpoint.metrics.get(name, {}))
+        return out
 
     # the method, then the sanity baselines on the same images with the same metrics (their own instances)
     explainers = [explainer(cfg.method.name, method)]
-    explainers += [
-        explainer(name, build_method(name, engine), f"per_image_{name}.csv")
-        for name in rc.baselines
-        if name != cfg.method.name
-    ]
+    explainers += [explainer(name, build_method(name, engine)) for name in names[1:]]
     metrics = explainers[0].metrics
 
     dataset = spec.build(cfg.dataset, loaded.preprocessing)
@@ -153,7 +173,7 @@ def run(cfg: DictConfig, out_dir: Path) -> RunResult:
     else:
         dataset, chosen = select_images(dataset, rc.num_images, rc.seed)
     loader = DataLoader(
-        dataset,
+        Subset(dataset, range(checkpoint.images, len(dataset))) if checkpoint.images else dataset,
         batch_size=rc.batch_size,
         collate_fn=collate,
         num_workers=rc.num_workers,
@@ -170,28 +190,42 @@ def run(cfg: DictConfig, out_dir: Path) -> RunResult:
         cfg.dataset.name,
         device,
     )
+    if earlier is not None:
+        described = f"{cfg.method.name}/{cfg.model.name} at image {checkpoint.images} of {len(dataset)}"
+        log.info("resumed %s from %s", described, out_dir)
 
     bar = tqdm(loader, desc=f"{cfg.method.name}/{cfg.model.name}", unit="batch", disable=not rc.progress)
+    bar.update(checkpoint.batches)
     split_difference = None
+    before = checkpoint.seconds  # of the earlier processes of a resumed run
     try:
-        for batch in bar:
+        for index, batch in enumerate(bar, checkpoint.batches):
             batch = batch.to(device, memory_format)
+            engine.batch, engine.ids = index, tuple(batch.ids)  # the random draws are seeded per batch
             if split_difference is None:
                 split_difference = split.verify(batch.images[:1])
             targets = batch.labels if rc.target == "label" else None
             for explainer in explainers:  # the baselines explain the method's classes
                 targets = explainer.step(batch, targets, device)
+            checkpoint.batches, checkpoint.images = index + 1, checkpoint.images + len(batch.ids)
+            checkpoint.seconds = before + time.perf_counter() - start
+            checkpoint.metrics = {e.name: e.state() for e in explainers}
+            checkpoint.save(out_dir)
             bar.set_postfix({k: f"{v.item():.3f}" for m in metrics.values() for k, v in m.compute().items()})
     except BaseException:
         if explainers[0].writer.rows_written:
             kept = ", ".join(str(e.writer.per_image) for e in explainers if e.writer.rows_written)
-            log.error("stopped after %d images; their rows are kept in %s", explainers[0].writer.rows_written, kept)
+            log.error(
+                "stopped after %d images; their rows are kept in %s (runner.resume=true goes on from them)",
+                checkpoint.images,
+                kept,
+            )
         raise
 
     summaries = {e.name: e.summary(rc.bootstrap, rc.seed) for e in explainers}
     rows = explainers[0].writer.rows()
     summary, flags = beside_baselines(summaries, cfg.method.name, metrics)
-    seconds = time.perf_counter() - start
+    seconds = before + time.perf_counter() - start
     for explainer in explainers[1:]:
         summaries[explainer.name].to_csv(out_dir / f"summary_{explainer.name}.csv", index=False)
     curves = [curve for e in explainers for curve in e.curves()]
@@ -228,6 +262,13 @@ def run(cfg: DictConfig, out_dir: Path) -> RunResult:
     return RunResult(rows, summary, out_dir, seconds)
 
 
+def finished_result(folder: Path) -> RunResult:
+    """The result of the run that finished in ``folder``, from its files."""
+    info = json.loads((folder / RUN_INFO).read_text())
+    rows, summary = pd.read_csv(folder / PER_IMAGE), pd.read_csv(folder / SUMMARY)
+    return RunResult(rows, summary, folder, info["timings"]["wall_seconds"])
+
+
 @dataclass
 class Explainer:
     """A method with its own metric instances and per-image file: the run's method or a sanity baseline."""
@@ -236,9 +277,11 @@ class Explainer:
     method: CAMMethod
     metrics: dict[str, Metric]
     writer: RunWriter
+    maps: MapWriter | None = None  # the method's maps, with runner.save_maps
 
     def step(self, batch: Batch, targets: torch.Tensor | None, device: torch.device) -> torch.Tensor:
-        """Maps and scores of one batch, timed, appended to the per-image file; returns the classes explained."""
+        """Maps and scores of one batch, timed, appended to the per-image file (and the maps to theirs);
+        returns the classes explained."""
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         out, seconds = timed(device, self.method.explain, batch.images, targets)
@@ -254,7 +297,18 @@ class Explainer:
         per_image |= {f"passes_{k}": v for k, v in vars(out.passes).items()}
         per_image["peak_memory_mb"] = peak_memory_mb(device)
         self.writer.append(_rows(batch.ids, batch.labels.cpu(), out, scores, per_image))
+        if self.maps is not None:
+            self.maps.append(batch.ids, out.raw, out.targets)
         return out.targets
+
+    def state(self) -> dict[str, dict[str, Any]]:
+        """Its metrics' running state, for the checkpoint."""
+        return {name: metric.state() for name, metric in self.metrics.items()}
+
+    def load_state(self, state: dict[str, dict[str, Any]]) -> None:
+        for name, metric in self.metrics.items():
+            if name in state:
+                metric.load_state(state[name])
 
     def curves(self) -> list[pd.DataFrame]:
         """The metrics' mean curves in long form, one frame each: explainer, curve, x, mean (a row per point)."""

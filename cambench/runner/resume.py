@@ -1,0 +1,101 @@
+"""Resumable runs (``runner.resume``): a run's fingerprint, the earlier run of the same config, and
+the checkpoint a killed run goes on from.
+
+Every run first writes ``started.json`` into its folder: the fingerprint of its resolved config (a
+hash of all of it but the runner keys in ``IGNORED``, which change no per-image row or summary
+value) and the time it started. After every batch it rewrites ``state.pt``: the batches (and
+images) that the method and every sanity baseline have written, the seconds spent and the
+metrics' running state (the mean curves). With ``runner.resume=true`` the runner looks for the
+folders with the same fingerprint under ``runner.resume_roots`` (Hydra's ``outputs/`` and
+``multirun/`` trees, relative to the working folder). The newest finished one (it holds
+``run.json``) answers the job, which is skipped. Else the newest unfinished one is continued in
+place: its per-image files and saved maps are cut back to the batches of its checkpoint (a kill
+between two files' appends leaves them uneven; the checkpoint is written once all of them hold
+the batch) and the run goes on from the next batch in that folder, so a run's results stay in
+one folder however often it is resumed (the new Hydra folder keeps only the log).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from cambench.results.writer import RUN_INFO, complete_rows
+
+log = logging.getLogger(__name__)
+
+STARTED = "started.json"
+STATE = "state.pt"
+# runner keys that change no result: how it is resumed and shown, the loader's worker processes, the shared table
+IGNORED = ("resume", "resume_roots", "progress", "num_workers", "results_table")
+
+
+def fingerprint(cfg: DictConfig) -> str:
+    """A hash of the resolved config without the ``IGNORED`` runner keys: equal for runs with equal results."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config["runner"] = {k: v for k, v in config["runner"].items() if k not in IGNORED}
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def mark_started(folder: Path, key: str) -> None:
+    """Make ``folder`` a fresh run of fingerprint ``key``: an earlier run's record of having finished or of
+    its progress there goes (the per-image files and the maps are restarted by their writers)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in (RUN_INFO, STATE):
+        (folder / name).unlink(missing_ok=True)
+    started = {"fingerprint": key, "started": datetime.now(UTC).isoformat(timespec="microseconds")}
+    (folder / STARTED).write_text(json.dumps(started) + "\n")
+
+
+def find_earlier(key: str, roots: list[str]) -> tuple[Path, bool] | None:
+    """The newest folder under ``roots`` that finished a run of fingerprint ``key``, else the newest that
+    started one, and whether it finished; None when there is neither."""
+    found = []
+    for root in roots:
+        for started in Path(root).rglob(STARTED):
+            try:
+                info = json.loads(started.read_text())
+            except (OSError, ValueError):
+                continue
+            if info.get("fingerprint") == key:
+                found.append(((started.parent / RUN_INFO).exists(), info.get("started", ""), started.parent))
+    if not found:
+        return None
+    finished, _, folder = max(found)
+    return folder, finished
+
+
+@dataclass
+class Checkpoint:
+    """A run's progress, saved after every batch."""
+
+    batches: int = 0  # whole batches written by the method and every baseline
+    images: int = 0  # the images of those batches
+    seconds: float = 0.0  # wall time of the run so far
+    metrics: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # explainer -> metric -> state
+
+    def save(self, folder: Path) -> None:
+        partial = folder / f".{STATE}.{os.getpid()}.tmp"
+        torch.save(vars(self), partial)
+        os.replace(partial, folder / STATE)
+
+    @classmethod
+    def load(cls, folder: Path, files: list[str]) -> Checkpoint:
+        """The checkpoint of ``folder``; a fresh one (with a warning) when one of the per-image ``files`` holds
+        fewer rows than it (a file lost its end: the metrics' state would be ahead of the rows)."""
+        path = folder / STATE
+        checkpoint = cls(**torch.load(path, weights_only=True)) if path.exists() else cls()
+        held = min(complete_rows(folder / name) for name in files)
+        if held < checkpoint.images:
+            log.warning("%s checkpointed %d images, its files hold %d: starting over", folder, checkpoint.images, held)
+            return cls()
+        return checkpoint
