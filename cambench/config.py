@@ -51,6 +51,7 @@ class RunnerConfig:
     # metrics added to every run whose dataset gives what they need (ground-truth masks), at their defaults
     add_when_available: list[str] = field(default_factory=lambda: ["localisation", "grid_pointing_game"])
     progress: bool = True
+    save_grid: bool = False  # grid.png (the maps of the method and baselines on the first 8 images) and grid.npz
     save_maps: bool = False  # the method's maps, batch by batch, in maps/ (cambench.results.maps)
     resume: bool = False  # go on from the newest earlier run of this config under resume_roots; skip a finished one
     resume_roots: list[str] = field(default_factory=lambda: ["outputs", "multirun"])  # Hydra's output trees

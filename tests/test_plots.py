@@ -2,6 +2,8 @@
 overlay in its cell, the grid data file round-trips, the curves and bars show the values given, and
 the PNGs have the expected size and are not blank."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -126,3 +128,29 @@ def test_bar_chart_bars_are_the_means_with_their_intervals(tmp_path):
     caps = errorbar.lines[2][0].get_segments()  # the error bars' horizontal extent
     assert [tuple(seg[:, 0]) for seg in caps] == pytest.approx([(0.1, 0.35), (0.25, 0.4), (0.5, 0.7)])
     assert imread(tmp_path / "bars.png")[..., :3].std() > 0.05
+
+
+def test_a_run_with_save_grid_writes_its_grid_of_the_method_and_baselines(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from cambench.config import validate
+    from cambench.runner.run import GRID_IMAGES, run
+
+    conf = str(Path(__file__).resolve().parent.parent / "conf")
+    overrides = ["runner.num_images=12", "runner.batch_size=5", "dataset.image_size=64", "runner.progress=false"]
+    overrides += ["metrics=map_complexity", "runner.bootstrap=20", "runner.baselines=[fakecam,centercam]"]
+    with initialize_config_dir(config_dir=conf, version_base="1.3"):
+        cfg = compose(
+            "config", overrides=[*overrides, "runner.save_grid=true", f"runner.results_table={tmp_path}/t.csv"]
+        )
+    result = run(validate(cfg), tmp_path / "run")
+    data = load_grid_data(tmp_path / "run" / "grid.npz")
+    # the first 8 images across the batches of 5, the method's maps min-max normalised
+    assert data.method == "gradcam" and data.ids == result.rows["id"].tolist()[:GRID_IMAGES]
+    assert data.labels == [str(label) for label in result.rows["label"][:GRID_IMAGES]]
+    assert data.pixels.shape == (GRID_IMAGES, 3, 64, 64) and 0 <= data.pixels.min() < data.pixels.max() <= 1
+    assert data.maps.amax((1, 2)).tolist() == [1.0] * GRID_IMAGES and data.maps.amin((1, 2)).tolist() == [0.0] * 8
+    picture = imread(tmp_path / "run" / "grid.png")
+    # 8 rows, 4 columns (the image, gradcam, fakecam, centercam) and the colour bar
+    assert picture.shape[0] == pytest.approx((CELL * GRID_IMAGES + 0.4) * DPI, abs=2)
+    assert picture.shape[1] == pytest.approx((CELL * 4 + 1.2) * DPI, abs=2)

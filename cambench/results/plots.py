@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 GRID_FILE = "grid.npz"  # a run's maps of a few images (save_grid_data), next to its other files
+GRID_PNG = "grid.png"  # a run's heat-map grid: the method and its baselines (runner.save_grid)
 CMAP = "jet"  # as CAM papers show maps
 ALPHA = 0.5  # weight of the map's colour over the image
 CELL = 1.7  # inches per image in the grid

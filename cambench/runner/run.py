@@ -18,7 +18,7 @@ import random
 import resource
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +40,14 @@ from cambench.models.engine import Engine, Passes
 from cambench.models.scorer import Scorer
 from cambench.models.split import split_model
 from cambench.results.maps import MAPS, MapWriter
+from cambench.results.plots import GRID_FILE, GRID_PNG, heatmap_grid, save_grid_data
 from cambench.results.summary import summarise
 from cambench.results.writer import CURVES, PER_IMAGE, RUN_INFO, SUMMARY, RunWriter, append_to_table
 from cambench.runner.resume import Checkpoint, find_earlier, fingerprint, mark_started
 from cambench.runner.sampling import coverage, random_subset, stratified_subset
 
 log = logging.getLogger(__name__)
+GRID_IMAGES = 8  # images in a run's heat-map grid (runner.save_grid)
 
 
 @dataclass
@@ -197,6 +199,7 @@ def run(cfg: DictConfig, out_dir: Path) -> RunResult:
     bar = tqdm(loader, desc=f"{cfg.method.name}/{cfg.model.name}", unit="batch", disable=not rc.progress)
     bar.update(checkpoint.batches)
     split_difference = None
+    grid = GridSample(GRID_IMAGES) if rc.save_grid else None
     before = checkpoint.seconds  # of the earlier processes of a resumed run
     try:
         for index, batch in enumerate(bar, checkpoint.batches):
@@ -211,6 +214,8 @@ def run(cfg: DictConfig, out_dir: Path) -> RunResult:
             checkpoint.seconds = before + time.perf_counter() - start
             checkpoint.metrics = {e.name: e.state() for e in explainers}
             checkpoint.save(out_dir)
+            if grid is not None:
+                grid.add(loaded.preprocessing.to_pixels(batch.images), batch, {e.name: e.last for e in explainers})
             bar.set_postfix({k: f"{v.item():.3f}" for m in metrics.values() for k, v in m.compute().items()})
     except BaseException:
         if explainers[0].writer.rows_written:
@@ -222,6 +227,8 @@ def run(cfg: DictConfig, out_dir: Path) -> RunResult:
             )
         raise
 
+    if grid is not None and grid.ids:
+        grid.save(out_dir, cfg.method.name)
     summaries = {e.name: e.summary(rc.bootstrap, rc.seed) for e in explainers}
     rows = explainers[0].writer.rows()
     summary, flags = beside_baselines(summaries, cfg.method.name, metrics)
@@ -262,6 +269,33 @@ def run(cfg: DictConfig, out_dir: Path) -> RunResult:
     return RunResult(rows, summary, out_dir, seconds)
 
 
+@dataclass
+class GridSample:
+    """The first ``size`` images of a run with every explainer's maps (``runner.save_grid``): saved as the
+    method's ``grid.npz`` (for the aggregator's grid of a sweep) and ``grid.png`` (the method and its
+    baselines), see :mod:`cambench.results.plots`."""
+
+    size: int
+    pixels: list[torch.Tensor] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    maps: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+
+    def add(self, pixels: torch.Tensor, batch: Batch, maps: dict[str, torch.Tensor]) -> None:
+        take = max(0, min(self.size - len(self.ids), len(batch.ids)))
+        if take:
+            self.pixels.append(pixels[:take].clamp(0, 1).float().cpu())
+            self.ids += list(batch.ids[:take])
+            self.labels += [str(label) for label in batch.labels[:take].tolist()]
+            for name, value in maps.items():
+                self.maps.setdefault(name, []).append(value[:take].float().cpu())
+
+    def save(self, out_dir: Path, method: str) -> None:
+        pixels, maps = torch.cat(self.pixels), {name: torch.cat(v) for name, v in self.maps.items()}
+        save_grid_data(out_dir / GRID_FILE, method, self.ids, pixels, maps[method], self.labels)
+        heatmap_grid(pixels, maps, self.ids, self.labels, out_dir / GRID_PNG)
+
+
 def finished_result(folder: Path) -> RunResult:
     """The result of the run that finished in ``folder``, from its files."""
     info = json.loads((folder / RUN_INFO).read_text())
@@ -278,6 +312,7 @@ class Explainer:
     metrics: dict[str, Metric]
     writer: RunWriter
     maps: MapWriter | None = None  # the method's maps, with runner.save_maps
+    last: torch.Tensor | None = None  # the maps of the last batch (N, h, w), for the heat-map grid
 
     def step(self, batch: Batch, targets: torch.Tensor | None, device: torch.device) -> torch.Tensor:
         """Maps and scores of one batch, timed, appended to the per-image file (and the maps to theirs);
@@ -299,6 +334,7 @@ class Explainer:
         self.writer.append(_rows(batch.ids, batch.labels.cpu(), out, scores, per_image))
         if self.maps is not None:
             self.maps.append(batch.ids, out.raw, out.targets)
+        self.last = out.maps
         return out.targets
 
     def state(self) -> dict[str, dict[str, Any]]:
