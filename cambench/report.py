@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cambench.results.leaderboard import markdown_table
 from cambench.results.runs import FinishedRun, RunsError, find_runs
 
 # our summary rows -> (the papers' metric name, aggregation); other columns of a run are not reported
@@ -144,14 +145,13 @@ def markdown(table: pd.DataFrame, paper: pd.DataFrame, experiment: str, root: Pa
 
     header = ["model", "method", "metric", "aggregation", "ours (95% interval)", "published", "ours - published"]
     header.append("unit")
-    lines = [f"# {experiment}: cambench vs published", "", f"Runs: `{root}`.", ""]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for _, row in table.iterrows():
         unit = row["unit"]
         ours = f"{number(row['mean'], unit)} ({number(row['ci95_low'], unit)}, {number(row['ci95_high'], unit)})"
         cells = [row["model"], row["method"], row["metric"], aggregation(row), ours]
-        cells += [number(row["published"], unit), number(row["difference"], unit), unit]
-        lines.append("| " + " | ".join(cells) + " |")
+        rows.append([*cells, number(row["published"], unit), number(row["difference"], unit), unit])
+    lines = [f"# {experiment}: cambench vs published", "", f"Runs: `{root}`.", "", markdown_table(header, rows)]
     if paper.empty:
         lines += ["", f"No published values ship for {experiment}: see cambench/results/published/README.md."]
     else:

@@ -12,6 +12,7 @@ from matplotlib import colormaps
 from matplotlib.container import ErrorbarContainer
 from matplotlib.image import imread
 
+from cambench.methods.base import minmax
 from cambench.results.plots import (
     CELL,
     DPI,
@@ -19,7 +20,6 @@ from cambench.results.plots import (
     curves_plot,
     heatmap_grid,
     load_grid_data,
-    normalise,
     overlay,
     save_grid_data,
 )
@@ -31,9 +31,9 @@ def peak(height: int, width: int, row: int, column: int) -> torch.Tensor:
     return 3 + 5 * torch.exp(-((y - row) ** 2 + (x - column) ** 2) / 8.0)
 
 
-def test_normalise_each_map_to_the_unit_range_and_a_flat_map_to_zero():
+def test_minmax_normalises_each_map_to_the_unit_range_and_a_flat_map_to_zero():
     maps = torch.stack([peak(8, 8, 2, 2), torch.full((8, 8), 4.0)])
-    out = normalise(maps)
+    out = minmax(maps)
     assert out[0].min() == 0 and out[0].max() == 1 and out[0, 2, 2] == 1
     assert (out[1] == 0).all()
 
@@ -80,7 +80,7 @@ def test_grid_data_round_trip_in_small_dtypes(tmp_path):
     data = load_grid_data(tmp_path / "grid.npz")
     assert data.method == "gradcam" and data.ids == ["a", "b", "c"] and data.labels == ["0", "5", "7"]
     assert (data.pixels - pixels).abs().max() <= 0.5 / 255 + 1e-6
-    assert (data.maps - normalise(maps)).abs().max() < 1e-3
+    assert (data.maps - minmax(maps)).abs().max() < 1e-3
     save_grid_data(tmp_path / "other.npz", "x", ["a"], pixels[:1], maps[:1])
     assert load_grid_data(tmp_path / "other.npz").labels == [""]
 

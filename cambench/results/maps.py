@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from cambench.results.writer import replaced
+
 MAPS = "maps"  # the folder of a run's maps
 SHARD = "batch_{:06d}.npz"
 
@@ -48,10 +50,8 @@ def save_maps(path: Path, ids: list[str], maps: Tensor, targets: Tensor | None =
     arrays = {"ids": np.asarray(ids, dtype=str), "maps": maps.detach().float().cpu().numpy()}
     if targets is not None:
         arrays["targets"] = targets.detach().cpu().numpy().astype(np.int64)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with partial.open("wb") as file:
+    with replaced(path) as partial, partial.open("wb") as file:
         np.savez_compressed(file, **arrays)
-    os.replace(partial, path)
 
 
 def _files(path: Path) -> list[Path]:

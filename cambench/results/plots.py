@@ -17,12 +17,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from matplotlib import colormaps
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from torch import Tensor
+
+from cambench.methods.base import minmax, upsample
 
 GRID_FILE = "grid.npz"  # a run's maps of a few images (save_grid_data), next to its other files
 GRID_PNG = "grid.png"  # a run's heat-map grid: the method and its baselines (runner.save_grid)
@@ -33,17 +34,10 @@ DPI = 100
 BASELINE_COLOUR = "0.55"
 
 
-def normalise(maps: Tensor) -> Tensor:
-    """Maps (..., H, W) min-max normalised to [0, 1] each; a flat map becomes 0."""
-    low = maps.amin((-2, -1), keepdim=True)
-    span = maps.amax((-2, -1), keepdim=True) - low
-    return torch.where(span > 0, (maps - low) / span.clamp_min(torch.finfo(maps.dtype).tiny), 0.0)
-
-
 def overlay(image: Tensor, cam: Tensor, alpha: float = ALPHA) -> np.ndarray:
     """(H, W, 3) in [0, 1]: the image (3, H, W) in [0, 1] blended with the min-max normalised map
     (H, W) coloured by the jet colour map (blue low, dark red high)."""
-    heat = colormaps[CMAP](normalise(cam.float()).numpy())[..., :3]
+    heat = colormaps[CMAP](minmax(cam.float()).numpy())[..., :3]
     return (1 - alpha) * image.float().permute(1, 2, 0).numpy() + alpha * heat
 
 
@@ -59,7 +53,7 @@ def heatmap_grid(
     ``labels`` (the classes: names, or indices shown as ``class N``) title the rows. Saved as PNG to
     ``path`` when given."""
     n, (height, width) = len(pixels), pixels.shape[-2:]
-    resized = {m: F.interpolate(v[:, None].float(), (height, width), mode="bilinear")[:, 0] for m, v in maps.items()}
+    resized = {m: upsample(v.float(), (height, width)) for m, v in maps.items()}
     columns = ["image", *maps]
     fig = Figure(figsize=(CELL * len(columns) + 1.2, CELL * n + 0.4), dpi=DPI, layout="constrained")
     axes = fig.subplots(n, len(columns), squeeze=False)
@@ -108,7 +102,7 @@ def save_grid_data(
         method=np.array(method),
         ids=np.array([str(i) for i in ids]),
         pixels=(pixels.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy(),
-        maps=normalise(maps.detach().float()).half().cpu().numpy(),
+        maps=minmax(maps.detach().float()).half().cpu().numpy(),
         labels=np.array(labels),
     )
 

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from cambench.results.leaderboard import GROUP, Entry, group_title, markdown_table, number
+from cambench.results.summary import resample_rows
 
 RESAMPLES = 1000
 CHUNK = 2**24  # elements of one (methods, resamples, images) gather
@@ -54,8 +55,7 @@ def stability(scores: Tensor, lower: bool, resamples: int = RESAMPLES, seed: int
     """Ranking of the methods' scores (methods, N) on paired images and its bootstrap stability."""
     scores = scores.double()
     full = ranks(scores.nanmean(1), lower)
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    index = torch.randint(scores.shape[1], (resamples, scores.shape[1]), generator=generator)
+    index = resample_rows(scores.shape[1], resamples, seed)
     same = ranks(resampled_means(scores, index).T, lower) == full  # (resamples, methods)
     return Stability(full, same.double().mean(0), same.all(1).double().mean().item())
 

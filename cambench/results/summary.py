@@ -12,7 +12,7 @@ from torch import Tensor
 Derived = Callable[[dict[str, Tensor]], Tensor]
 
 
-def _resamples(n: int, resamples: int, seed: int) -> Tensor:
+def resample_rows(n: int, resamples: int, seed: int) -> Tensor:
     """(resamples, n) row indices drawn with replacement, seeded."""
     generator = torch.Generator(device="cpu").manual_seed(seed)
     return torch.randint(n, (resamples, n), generator=generator)
@@ -30,7 +30,7 @@ def bootstrap_ci(values: Tensor, resamples: int = 1000, level: float = 0.95, see
     values = values[~values.isnan()].double()
     if values.numel() == 0:
         return float("nan"), float("nan")
-    return _interval(values[_resamples(values.numel(), resamples, seed)].mean(1), level)
+    return _interval(values[resample_rows(values.numel(), resamples, seed)].mean(1), level)
 
 
 def derived_ci(
@@ -39,7 +39,7 @@ def derived_ci(
     """Percentile bootstrap interval of ``fn`` of the columns' means (NaNs skipped per column),
     the rows resampled jointly so that every column sees the same images."""
     n = len(next(iter(columns.values())))
-    idx = _resamples(n, resamples, seed)
+    idx = resample_rows(n, resamples, seed)
     means = {name: values.double()[idx].nanmean(1) for name, values in columns.items()}
     return _interval(fn(means).double(), level)
 

@@ -12,6 +12,8 @@ import json
 import os
 import platform
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -38,6 +40,15 @@ def versions() -> dict[str, str]:
     return out
 
 
+@contextmanager
+def replaced(path: Path) -> Iterator[Path]:
+    """A temporary file beside ``path`` to write, moved onto ``path`` when the block ends: a reader or a
+    kill sees the old file or the new one, never half of one."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    yield partial
+    os.replace(partial, path)
+
+
 def complete_rows(path: Path) -> int:
     """Rows of a per-image file that were written whole (a kill may cut the last line short); 0 if there is none."""
     if not path.exists():
@@ -55,9 +66,8 @@ class RunWriter:
         self.per_image = self.out_dir / per_image
         if keep:
             lines = self.per_image.read_bytes().split(b"\n")
-            partial = self.per_image.with_name(f".{self.per_image.name}.{os.getpid()}.tmp")
-            partial.write_bytes(b"\n".join(lines[: keep + 1]) + b"\n")
-            os.replace(partial, self.per_image)
+            with replaced(self.per_image) as partial:
+                partial.write_bytes(b"\n".join(lines[: keep + 1]) + b"\n")
         else:
             self.per_image.unlink(missing_ok=True)
         self.rows_written = keep
@@ -92,6 +102,5 @@ def append_to_table(table: Path, summary: pd.DataFrame, run: dict) -> None:
         new = pd.DataFrame([row])
         if table.exists():  # columns may differ between runs (other metrics): realign
             new = pd.concat([pd.read_csv(table), new], ignore_index=True)
-        partial = table.with_name(f".{table.name}.{os.getpid()}.tmp")
-        new.to_csv(partial, index=False)
-        os.replace(partial, table)
+        with replaced(table) as partial:
+            new.to_csv(partial, index=False)

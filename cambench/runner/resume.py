@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from cambench.results.writer import RUN_INFO, complete_rows
+from cambench.results.writer import RUN_INFO, complete_rows, replaced
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +83,8 @@ class Checkpoint:
     metrics: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # explainer -> metric -> state
 
     def save(self, folder: Path) -> None:
-        partial = folder / f".{STATE}.{os.getpid()}.tmp"
-        torch.save(vars(self), partial)
-        os.replace(partial, folder / STATE)
+        with replaced(folder / STATE) as partial:
+            torch.save(vars(self), partial)
 
     @classmethod
     def load(cls, folder: Path, files: list[str]) -> Checkpoint:

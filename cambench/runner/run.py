@@ -12,7 +12,6 @@ engine knows the batch's index and ids, from which every random draw is seeded.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import resource
@@ -31,6 +30,7 @@ from tqdm import tqdm
 from cambench.config import ConfigError, method_params, target_layers
 from cambench.data.base import Batch, collate
 from cambench.data.grid import check_grid, grid_for_run
+from cambench.data.preprocessing import Preprocessing
 from cambench.data.registry import DATASETS
 from cambench.device import AUTOCAST_DTYPES, resolve_device
 from cambench.methods import CAMMethod, all_methods, build_method
@@ -41,8 +41,9 @@ from cambench.models.scorer import Scorer
 from cambench.models.split import split_model
 from cambench.results.maps import MAPS, MapWriter
 from cambench.results.plots import GRID_FILE, GRID_PNG, heatmap_grid, save_grid_data
+from cambench.results.runs import load_finished
 from cambench.results.summary import summarise
-from cambench.results.writer import CURVES, PER_IMAGE, RUN_INFO, SUMMARY, RunWriter, append_to_table
+from cambench.results.writer import CURVES, PER_IMAGE, RunWriter, append_to_table
 from cambench.runner.resume import Checkpoint, find_earlier, fingerprint, mark_started
 from cambench.runner.sampling import coverage, random_subset, stratified_subset
 
@@ -215,7 +216,7 @@ def run(cfg: DictConfig, out_dir: Path) -> RunResult:
             checkpoint.metrics = {e.name: e.state() for e in explainers}
             checkpoint.save(out_dir)
             if grid is not None:
-                grid.add(loaded.preprocessing.to_pixels(batch.images), batch, {e.name: e.last for e in explainers})
+                grid.add(loaded.preprocessing, batch, {e.name: e.last for e in explainers})
             bar.set_postfix({k: f"{v.item():.3f}" for m in metrics.values() for k, v in m.compute().items()})
     except BaseException:
         if explainers[0].writer.rows_written:
@@ -281,10 +282,10 @@ class GridSample:
     labels: list[str] = field(default_factory=list)
     maps: dict[str, list[torch.Tensor]] = field(default_factory=dict)
 
-    def add(self, pixels: torch.Tensor, batch: Batch, maps: dict[str, torch.Tensor]) -> None:
+    def add(self, preprocessing: Preprocessing, batch: Batch, maps: dict[str, torch.Tensor]) -> None:
         take = max(0, min(self.size - len(self.ids), len(batch.ids)))
         if take:
-            self.pixels.append(pixels[:take].clamp(0, 1).float().cpu())
+            self.pixels.append(preprocessing.to_pixels(batch.images[:take]).clamp(0, 1).float().cpu())
             self.ids += list(batch.ids[:take])
             self.labels += [str(label) for label in batch.labels[:take].tolist()]
             for name, value in maps.items():
@@ -298,9 +299,8 @@ class GridSample:
 
 def finished_result(folder: Path) -> RunResult:
     """The result of the run that finished in ``folder``, from its files."""
-    info = json.loads((folder / RUN_INFO).read_text())
-    rows, summary = pd.read_csv(folder / PER_IMAGE), pd.read_csv(folder / SUMMARY)
-    return RunResult(rows, summary, folder, info["timings"]["wall_seconds"])
+    done = load_finished(folder)
+    return RunResult(done.rows().reset_index(), done.summary, folder, done.info["timings"]["wall_seconds"])
 
 
 @dataclass
