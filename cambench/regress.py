@@ -6,12 +6,13 @@ The reference folder (``results/reference/``) holds the sweep definition (``swee
 Hydra overrides), the mean of every score of every cell (``reference.csv``), the per-metric
 tolerances measured from run-to-run variation (``tolerance.yaml``, written by
 ``scripts/measure_tolerance.py``) and the environment the reference was made on. A regress run
-reruns every cell in process (compose, validate, ``run``), compares each score's mean with the
-reference, prints what moved and writes the whole table (cell, metric, reference, now, difference,
-tolerance, n, status) to ``DIR/regress.csv``. Exit status 0: every score within its tolerance;
-1: a score drifted, or a cell or score appeared or disappeared; 2: no usable reference or sweep.
-``--update`` rewrites the reference from the rerun (after showing what it changes): for a
-deliberate change of a method, metric or default only.
+reruns every cell in process (compose, validate, ``run``; each run folder records the cell's
+overrides in ``.hydra/overrides.yaml``, as Hydra would, for ``python -m cambench.aggregate``),
+compares each score's mean with the reference, prints what moved and writes the whole table (cell,
+metric, reference, now, difference, tolerance, n, status) to ``DIR/regress.csv``. Exit status 0:
+every score within its tolerance; 1: a score drifted, or a cell or score appeared or disappeared;
+2: no usable reference or sweep. ``--update`` rewrites the reference from the rerun (after showing
+what it changes): for a deliberate change of a method, metric or default only.
 """
 
 from __future__ import annotations
@@ -97,6 +98,10 @@ def run_sweep(sweep: Sweep, out: Path, extra: Sequence[str] = ()) -> pd.DataFram
             fixed = [f"runner.results_table={out / 'runs.csv'}", "runner.progress=false"]
             cfg = validate(compose("config", overrides=[*sweep.common, *overrides, *extra, *fixed]))
             result = run(cfg, out / cell)
+            # the overrides as Hydra records them, so that aggregate tells the cells' protocols apart
+            recorded = result.out_dir / ".hydra" / "overrides.yaml"
+            recorded.parent.mkdir(exist_ok=True)
+            recorded.write_text(yaml.safe_dump([*sweep.common, *overrides, *extra]))
             print(f"[{i}/{len(sweep.cells)}] {cell}: {len(result.rows)} images, {result.seconds:.1f} s", flush=True)
             finished = load_finished(result.out_dir)
             summary = finished.summary.set_index("metric").loc[[*finished.scores, *finished.derived], ["n", "mean"]]

@@ -155,6 +155,27 @@ def test_variants_and_method_parameters_come_from_differing_overrides(sweep, tmp
     assert notes == []
 
 
+def test_bookkeeping_and_a_metric_only_some_runs_score_make_no_variant(sweep, tmp_path):
+    # as in the reference sweep of cambench.regress: one cell scores more metrics, with a parameter of its own,
+    # and another batch size; it still ranks with the others, until a second run of that metric disagrees
+    root = copy(sweep, tmp_path)
+    key, extra = "metrics.faithfulness_correlation.runs", ["metrics=[deletion_insertion,faithfulness_correlation]"]
+
+    def score_more(folder: Path, runs: int) -> None:
+        info = json.loads((folder / "run.json").read_text())
+        info["config"]["metrics"]["faithfulness_correlation"] = {"runs": runs}
+        info["config"]["runner"]["batch_size"] = 4
+        (folder / "run.json").write_text(json.dumps(info))
+        with (folder / ".hydra" / "overrides.yaml").open("a") as file:
+            file.write("".join(f"- {o}\n" for o in [*extra, f"{key}={runs}", "runner.batch_size=4"]))
+
+    score_more(root / "1_gradcampp_resnet18", 16)
+    assert {(e.method, e.variant) for e in select(find_runs(root))[0]} == {(m, f"{SUBSTRATE}={s}") for m, s in JOBS}
+    score_more(root / "0_gradcam_resnet18", 32)
+    variants = {e.method: e.variant for e in select(find_runs(root))[0] if e.variant.startswith(ZEROS)}
+    assert variants == {"gradcam": f"{ZEROS} {key}=32", "gradcampp": f"{ZEROS} {key}=16", "centercam": ZEROS}
+
+
 def test_pivot_by_variant_and_metric_selection(sweep, tmp_path):
     out = tmp_path / "board"
     assert main([str(sweep), "--out", str(out), "--by", "variant", "--metrics", "deletion_insertion"]) == 0

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from cambench.methods.base import weighted_sum
 from cambench.methods.gradcam import GradCAM
@@ -40,6 +41,9 @@ def test_update_writes_the_means_of_every_score_and_the_sweep(reference):
     assert (table["n"] == 8).all()
     assert load_sweep(reference / "sweep.yaml").cells == {"gradcam": ["method=gradcam"], "fakecam": ["method=fakecam"]}
     assert '"torch_threads"' in (reference / "environment.json").read_text()
+    # each run records its cell's overrides as Hydra would, for cambench.aggregate to tell protocols apart
+    recorded = yaml.safe_load((reference.parent / "u" / "fakecam" / ".hydra" / "overrides.yaml").read_text())
+    assert recorded == [*load_sweep(reference / "sweep.yaml").common, "method=fakecam"]
 
 
 def test_an_unchanged_rerun_passes(reference, tmp_path, capsys):

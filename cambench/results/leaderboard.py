@@ -7,9 +7,12 @@ hyper-parameters (``method.*``) that not every run shares join the method's labe
 (``smoothgradcampp samples=8``), and every other override that not every run shares (a substrate,
 ``runner.target``, a target layer) makes a protocol *variant* (``runner.target=label``). The value
 of such a key is read from each run's resolved config, so runs with and without an override that
-sets the default land in the same cell. Runs that record no overrides (not launched by Hydra) but
-share a cell while their configs differ are told apart by the config keys that differ. When a cell
-was run more than once, the newest run (``finished`` in ``run.json``) is kept and a note says so.
+sets the default land in the same cell. A parameter of a metric that only some runs score makes a
+variant only where the runs that score it disagree; the choice of metrics and the bookkeeping
+(batch sizes, bootstrap resamples, baselines, saved files) never do. Runs that record no overrides
+(not launched by Hydra) but share a cell while their configs differ are told apart by the config
+keys that differ. When a cell was run more than once, the newest run (``finished`` in ``run.json``)
+is kept and a note says so.
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ IDENTITY = (*GROUP, "method")
 BY_KEYS = GROUP  # what --by can pivot on
 # overrides that name the cell itself (the identity columns) or only do bookkeeping (no effect on scores)
 NOT_VARIANTS = {"model", "model.name", "method", "method.name", "dataset", "dataset.name"}
-NOT_VARIANTS |= {"runner.results_table", "runner.progress", "runner.num_workers"}
+NOT_VARIANTS |= {"runner.results_table", "runner.progress", "runner.num_workers", "runner.resume"}
+NOT_VARIANTS |= {"metrics", "runner.baselines", "runner.add_when_available", "runner.bootstrap", "runner.batch_size"}
+NOT_VARIANTS |= {"runner.score_batch_size", "runner.save_grid", "runner.save_maps", "runner.resume_roots"}
 METHOD_PREFIX = "method."
 INTERVAL = ("ci95_low", "ci95_high")
 PIVOT_SEPARATOR = "; "  # between the values of --by KEY in the pivot's best column
@@ -92,11 +97,18 @@ def _differing(runs: list[FinishedRun]) -> set[str]:
     return {key for key in set().union(*flat) if len({f.get(key) for f in flat}) > 1} - NOT_VARIANTS
 
 
+def _varies(key: str, values: list[str | None]) -> bool:
+    """Whether ``key`` tells runs apart: a method parameter when its values differ (a run of another
+    method, without it, counts as a value); any other key when the runs that have it disagree."""
+    present = set(values) if key.startswith(METHOD_PREFIX) else set(values) - {None}
+    return len(present) > 1
+
+
 def _cells(runs: list[FinishedRun], overrides: list[dict[str, str]], keys: set[str]) -> dict[tuple, list[Entry]]:
     """The runs as entries, by cell: method label and variant from the ``keys`` whose values differ."""
     keys_sorted = sorted(keys)
     settings = [{key: _setting(run, o, key) for key in keys_sorted} for run, o in zip(runs, overrides, strict=True)]
-    varying = [key for key in keys_sorted if len({s[key] for s in settings}) > 1]
+    varying = [key for key in keys_sorted if _varies(key, [s[key] for s in settings])]
     cells: dict[tuple, list[Entry]] = {}
     for run, setting in zip(runs, settings, strict=True):
         chosen = [(key, setting[key]) for key in varying if setting[key] is not None]

@@ -133,15 +133,17 @@ def rank(entries: list[Entry], metrics: list[str] | None = None, resamples: int 
 
 def _variant_tau(means: dict[tuple[str, str, str], pd.DataFrame]) -> pd.DataFrame:
     """Kendall's tau between the rankings of the same metric under two variants of one (model, dataset),
-    on the methods both variants ran."""
+    on the methods both variants ran (pairs of variants sharing fewer than 2 methods are left out)."""
     out = []
     for (a, ma), (b, mb) in itertools.combinations(means.items(), 2):
         if a[:2] != b[:2]:
             continue
         methods = [m for m in ma.index if m in mb.index]
+        if len(methods) < 2:  # nothing to order
+            continue
         for metric in [m for m in ma.columns if m in mb.columns]:
             pair = pd.DataFrame({"a": ma.loc[methods, metric], "b": mb.loc[methods, metric]})
-            tau = pair.corr(method="kendall").loc["a", "b"] if len(methods) > 1 else float("nan")
+            tau = pair.corr(method="kendall").loc["a", "b"]
             out.append(
                 {"model": a[0], "dataset": a[1], "metric": metric, "variant_a": a[2], "variant_b": b[2]}
                 | {"methods": len(methods), "tau": tau}
