@@ -181,6 +181,7 @@ def test_pivot_by_variant_and_metric_selection(sweep, tmp_path):
     assert main([str(sweep), "--out", str(out), "--by", "variant", "--metrics", "deletion_insertion"]) == 0
     board = pd.read_csv(out / "leaderboard.csv", keep_default_na=False).set_index(["variant", "method"])
     assert "auroc" not in board.columns and {"deletion", "insertion", "seconds_method"} <= set(board.columns)
+    assert "seconds_deletion_insertion" in board.columns and "seconds_localisation" not in board.columns
     pivot = pd.read_csv(out / "leaderboard_by_variant.csv")
     deletion = pivot[pivot["metric"] == "deletion"].set_index("method")
     assert deletion.loc["gradcam", ZEROS] == pytest.approx(board.loc[(ZEROS, "gradcam"), "deletion"])

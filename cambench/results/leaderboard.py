@@ -35,6 +35,7 @@ NOT_VARIANTS |= {"runner.results_table", "runner.progress", "runner.num_workers"
 NOT_VARIANTS |= {"metrics", "runner.baselines", "runner.add_when_available", "runner.bootstrap", "runner.batch_size"}
 NOT_VARIANTS |= {"runner.score_batch_size", "runner.save_grid", "runner.save_maps", "runner.resume_roots"}
 METHOD_PREFIX = "method."
+METRIC_SECONDS = "seconds_"  # a metric's time per image is the cost column seconds_<metric>
 INTERVAL = ("ci95_low", "ci95_high")
 PIVOT_SEPARATOR = "; "  # between the values of --by KEY in the pivot's best column
 
@@ -232,11 +233,13 @@ def _columns_of(metric: str) -> set[str]:
 
 
 def build(runs: Iterable[FinishedRun], metrics: list[str] | None = None) -> Leaderboard:
-    """The leaderboard of ``runs`` (see the module docstring); ``metrics`` limits the metric columns."""
+    """The leaderboard of ``runs`` (see the module docstring); ``metrics`` limits the metric columns
+    (and the time columns to those of the metrics kept)."""
     entries, notes = select(runs)
     scored = _unique(c for e in entries for c in (*e.run.scores, *e.run.derived))
     chosen = _requested(scored, metrics)
-    costs = _unique(m for e in entries for m in e.run.summary["metric"] if m not in scored)
+    left_out = {f"{METRIC_SECONDS}{m}" for m in METRICS if not _columns_of(m) & set(chosen)}  # their time too
+    costs = _unique(m for e in entries for m in e.run.summary["metric"] if m not in {*scored, *left_out})
     lower = set().union(*(e.run.lower_is_better for e in entries))
 
     records = []
