@@ -14,7 +14,7 @@ from torch import nn
 
 from cambench.methods import CAMOutput
 from cambench.metrics import METRICS, MetricContext, MetricError, MetricInput, build_metric
-from cambench.metrics.class_sensitivity import other_classes, ssim
+from cambench.metrics.class_sensitivity import banded, other_classes, ssim
 from cambench.metrics.correlation import average_ranks, spearman
 from cambench.metrics.map_complexity import entropy, gini
 from cambench.metrics.sensitivity import sensitivities, uniform_noise
@@ -126,6 +126,13 @@ def test_ssim_matches_skimage_gaussian_ssim():
     assert torch.equal(ssim(a, a), torch.ones(3))
     with pytest.raises(ValueError, match="11 x 11"):
         ssim(a[:, :10], b[:, :10])
+
+
+def test_banded_matrix_is_the_valid_correlation_with_the_kernel():
+    kernel = torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64)
+    assert banded(kernel, 5).tolist() == [[1, 2, 4, 0, 0], [0, 1, 2, 4, 0], [0, 0, 1, 2, 4]]
+    x = torch.arange(5.0, dtype=torch.float64)
+    assert (banded(kernel, 5) @ x).tolist() == [10.0, 17.0, 24.0]  # 0 + 2 + 8, 1 + 4 + 12, 2 + 6 + 16
 
 
 def test_spearman_matches_scipy_with_ties():
