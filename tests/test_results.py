@@ -3,10 +3,11 @@
 import math
 
 import pandas as pd
+import pytest
 import torch
 
 from cambench.results.summary import bootstrap_ci, summarise
-from cambench.results.writer import RunWriter, append_to_table
+from cambench.results.writer import RunWriter, append_to_table, replaced
 
 
 def test_bootstrap_interval_of_constant_and_known_data():
@@ -64,3 +65,16 @@ def test_parallel_jobs_appending_to_the_results_table_lose_no_row(tmp_path):
     out = pd.read_csv(table)
     assert len(out) == 40
     assert sorted(out.groupby("method")["i"].apply(sorted).tolist()) == [list(range(10))] * 4
+
+
+def test_replaced_writes_whole_files_and_a_failed_write_keeps_the_old_one(tmp_path):
+    path = tmp_path / "table.csv"
+    path.write_text("old\n")
+    with replaced(path) as partial:
+        partial.write_text("new\n")
+        assert path.read_text() == "old\n"  # not replaced before the block ends
+    assert path.read_text() == "new\n"
+    with pytest.raises(RuntimeError, match="disk full"), replaced(path) as partial:
+        partial.write_text("half")
+        raise RuntimeError("disk full")
+    assert path.read_text() == "new\n" and [f.name for f in tmp_path.iterdir()] == ["table.csv"]

@@ -43,9 +43,14 @@ def versions() -> dict[str, str]:
 @contextmanager
 def replaced(path: Path) -> Iterator[Path]:
     """A temporary file beside ``path`` to write, moved onto ``path`` when the block ends: a reader or a
-    kill sees the old file or the new one, never half of one."""
+    kill sees the old file or the new one, never half of one. A block that fails leaves ``path`` as it
+    was and removes the temporary file."""
     partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    yield partial
+    try:
+        yield partial
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     os.replace(partial, path)
 
 
