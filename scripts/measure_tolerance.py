@@ -12,7 +12,12 @@ which the same code legitimately gives slightly other numbers:
 - ``threads1``: ``torch.set_num_threads(1)`` (other reduction orders);
 - ``contiguous``: ``runner.channels_last=false`` (another CPU convolution kernel path; the stand-in
   for another CPU, as this machine has one CPU type);
-- ``chunk16``: ``runner.score_batch_size=16`` (another batching of the perturbed forward passes).
+- ``chunk16``: ``runner.score_batch_size=16`` (another batching of the perturbed forward passes);
+- ``avx2``: ``ONEDNN_MAX_CPU_ISA=AVX2`` (oneDNN's AVX2 kernels instead of AVX-512 ones: the kernels of
+  another CPU generation);
+- ``avx2_threads1``: both at once.
+
+Every variant runs in a process of its own (oneDNN reads ``ONEDNN_MAX_CPU_ISA`` once, when it loads).
 
 A score's tolerance is its largest absolute difference from ``base`` over the cells and variants,
 times ``factor``, at least ``floor``, rounded up to one significant digit; metrics that were not
@@ -24,7 +29,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import subprocess
+import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -34,14 +43,26 @@ import yaml
 
 from cambench.regress import REFERENCE_DIR, SWEEP, TOLERANCE, cpu_name, load_sweep, run_sweep
 
-VARIANTS = {  # name: (torch threads or None for torch's default, extra overrides of every cell)
-    "base": (None, []),
-    "repeat": (None, []),
-    "threads1": (1, []),
-    "contiguous": (None, ["runner.channels_last=false"]),
-    "chunk16": (None, ["runner.score_batch_size=16"]),
+
+@dataclass(frozen=True)
+class Variant:
+    threads: int | None = None  # torch threads; None: torch's default (one per core)
+    overrides: tuple[str, ...] = ()  # extra overrides of every cell
+    environment: tuple[tuple[str, str], ...] = ()  # set before torch loads
+
+
+AVX2 = (("ONEDNN_MAX_CPU_ISA", "AVX2"),)
+VARIANTS = {
+    "base": Variant(),
+    "repeat": Variant(),
+    "threads1": Variant(threads=1),
+    "contiguous": Variant(overrides=("runner.channels_last=false",)),
+    "chunk16": Variant(overrides=("runner.score_batch_size=16",)),
+    "avx2": Variant(environment=AVX2),
+    "avx2_threads1": Variant(threads=1, environment=AVX2),
 }
 VARIATION = "variation.csv"
+MEANS = "means.csv"
 
 
 def round_up(value: float) -> float:
@@ -50,19 +71,27 @@ def round_up(value: float) -> float:
     return float(f"{math.ceil(value / scale - 1e-9) * scale:.0e}")
 
 
+def run_variant(reference: Path, out: Path, name: str) -> None:
+    """One variant's sweep, in this process (started by :func:`measure` with the variant's environment):
+    its means in ``out/<name>/means.csv``."""
+    variant = VARIANTS[name]
+    if variant.threads:
+        torch.set_num_threads(variant.threads)
+    print(f"variant {name}: {torch.get_num_threads()} threads, {variant}", flush=True)
+    means = run_sweep(load_sweep(reference / SWEEP), out / name, variant.overrides)
+    means.to_csv(out / name / MEANS, index=False)
+
+
 def measure(reference: Path, out: Path) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Every variant of the sweep: the means (cell, metric, variant, mean, difference from base)
-    and the wall time of each variant."""
-    sweep = load_sweep(reference / SWEEP)
-    default_threads = torch.get_num_threads()
+    """Every variant of the sweep, each in a process of its own: the means (cell, metric, variant, mean,
+    difference from base) and the wall time of each variant."""
     frames, seconds = [], {}
-    for variant, (threads, overrides) in VARIANTS.items():
-        torch.set_num_threads(threads or default_threads)
-        print(f"variant {variant}: {torch.get_num_threads()} threads, overrides {overrides}", flush=True)
+    for name, variant in VARIANTS.items():
         start = time.perf_counter()
-        frames.append(run_sweep(sweep, out / variant, overrides).assign(variant=variant))
-        seconds[variant] = round(time.perf_counter() - start)
-    torch.set_num_threads(default_threads)
+        command = [sys.executable, __file__, "--reference", str(reference), "--out", str(out), "--variant", name]
+        subprocess.run(command, env=os.environ | dict(variant.environment), check=True)
+        frames.append(pd.read_csv(out / name / MEANS).assign(variant=name))
+        seconds[name] = round(time.perf_counter() - start)
     table = pd.concat(frames, ignore_index=True)
     base = table[table["variant"] == "base"].set_index(["cell", "metric"])["mean"]
     table["difference"] = table["mean"] - base.reindex(pd.MultiIndex.from_frame(table[["cell", "metric"]])).to_numpy()
@@ -86,17 +115,20 @@ def tolerances(variation: pd.DataFrame, factor: float, floor: float) -> dict[str
 
 def header(factor: float, floor: float, seconds: dict[str, float]) -> str:
     threads = torch.get_num_threads()
+    cpuinfo = Path("/proc/cpuinfo")
+    isa = "AVX-512" if cpuinfo.exists() and "avx512f" in cpuinfo.read_text(errors="ignore") else "no AVX-512 seen"
     return f"""\
 # Tolerances of python -m cambench.regress: the absolute difference allowed between a score's mean and the
 # reference (results/reference/reference.csv). Written by scripts/measure_tolerance.py on {datetime.now():%Y-%m-%d}:
 # the reference sweep ran once per variant (base: {threads} torch threads; repeat: the same again; threads1:
-# torch.set_num_threads(1); contiguous: runner.channels_last=false; chunk16: runner.score_batch_size=16), and
+# torch.set_num_threads(1); contiguous: runner.channels_last=false; chunk16: runner.score_batch_size=16;
+# avx2: ONEDNN_MAX_CPU_ISA=AVX2, oneDNN's kernels of another CPU generation; avx2_threads1: both), and
 # each metric's tolerance is {factor:g} x its largest absolute difference from base over all cells and variants,
 # at least {floor:g}, rounded up to one significant digit (variation.csv has every difference).
 # Wall time of each variant (s; on a machine shared with other jobs): {seconds}.
-# Measured on one CPU type only: {cpu_name()}. The contiguous variant stands in for another CPU
-# kernel path; another CPU family (AVX-512 vs AVX2, ARM) or another torch / oneDNN version can move the
-# scores more: measure again there. default: the tolerance of metrics that were not measured (the largest).
+# Measured on {cpu_name()} ({isa}); the avx2 variants stand in for an older CPU, the contiguous one for
+# another convolution path. An ARM CPU or another torch / oneDNN version can move the scores more: measure
+# again there. default: the tolerance of metrics that were not measured (the largest).
 """
 
 
@@ -106,7 +138,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("outputs/tolerance"), help="run folders of the variants")
     parser.add_argument("--factor", type=float, default=10.0, help="tolerance = factor x largest difference")
     parser.add_argument("--floor", type=float, default=1e-5, help="smallest tolerance")
+    parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # a child process: one variant
     args = parser.parse_args()
+    if args.variant:
+        run_variant(args.reference, args.out, args.variant)
+        return
     variation, seconds = measure(args.reference, args.out)
     variation.to_csv(args.reference / VARIATION, index=False)
     metrics = tolerances(variation, args.factor, args.floor)

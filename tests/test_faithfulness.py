@@ -17,6 +17,7 @@ from cambench.metrics import MetricContext, MetricError, MetricInput, build_metr
 from cambench.metrics.adcc import adcc, adcc_of_means, coherency, complexity
 from cambench.metrics.confidence import confidence_changes
 from cambench.models.engine import Passes
+from cambench.models.scorer import class_scores
 from cambench.results.summary import summarise
 
 
@@ -43,13 +44,29 @@ def sigmoid(v: float) -> float:
     return 1 / (1 + math.exp(-v))
 
 
+def log_odds(p: torch.Tensor) -> torch.Tensor:
+    return p.double().logit()
+
+
 def test_confidence_changes_exact():
     clean = torch.tensor([0.5, 0.8, 1.0, 0.4])
     explained = torch.tensor([0.25, 0.9, 0.5, 0.4])
-    values = confidence_changes(clean, explained)
+    values = confidence_changes(log_odds(clean), log_odds(explained))
     torch.testing.assert_close(values["average_drop"], torch.tensor([0.5, 0.0, 0.5, 0.0]))
     torch.testing.assert_close(values["increase_in_confidence"], torch.tensor([0.0, 1.0, 0.0, 0.0]))  # a tie: none
     torch.testing.assert_close(values["average_gain"], torch.tensor([0.0, 0.5, 0.0, 0.0]))  # Y = 1: gain 0, not 0/0
+
+
+def test_average_gain_is_well_conditioned_for_confident_predictions():
+    """Y = sigmoid(20) is 1 in float32: as probabilities 1 - Y = 0 and the gain is 0/0; from the log-odds, a
+    change of the clean log-odds by 1e-6 (a last-bit change of a logit) moves the gain by about 1e-6."""
+    clean, explained = torch.tensor([20.0, 20.0 + 1e-6]), torch.tensor([21.0, 21.0])
+    gain = confidence_changes(clean, explained)["average_gain"]
+    expected = 1 - math.exp(-21) / math.exp(-20) * (1 + math.exp(-20)) / (1 + math.exp(-21))
+    torch.testing.assert_close(gain, torch.tensor([expected, expected]), rtol=0, atol=2e-6)
+    logits = torch.tensor([[30.0, 10.0, 9.0]])
+    odds = class_scores(logits, torch.tensor([0]), "log_odds")
+    torch.testing.assert_close(odds.double(), torch.tensor([30.0 - math.log(math.exp(10) + math.exp(9))]).double())
 
 
 def test_coherency_is_the_released_codes_mapping_of_pearson_r():

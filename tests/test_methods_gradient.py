@@ -603,7 +603,7 @@ def test_smoothgradcampp_is_seeded_and_runs_the_noisy_copies_in_chunks_the_devic
         model.fc.register_full_backward_hook(lambda m, grad_in, grad_out: backward.append(grad_out[0].shape[0])),
     ]
     try:
-        method = make_method("smoothgradcampp", model, "layer4", samples=5, seed=1)
+        method = make_method("smoothgradcampp", model, "layer4", samples=5, seed=1, batch_size=None)  # probed
         first = method.explain(images)
         # nothing probed yet: the clean batch, then the 5 noisy copies of both images, a batch a pass
         assert batches == [2, 2, 2, 2, 2, 2]
@@ -611,7 +611,7 @@ def test_smoothgradcampp_is_seeded_and_runs_the_noisy_copies_in_chunks_the_devic
         assert head == [False] + [True] * 5 and backward == [2] * 5
         batches.clear()
         method.engine.scorer.batch_size = 8  # a device whose full passes run best 8 rows at a time
-        chunked = make_method("smoothgradcampp", model, "layer4", samples=5, seed=1)
+        chunked = make_method("smoothgradcampp", model, "layer4", samples=5, seed=1, batch_size=None)
         chunked.engine = method.engine
         torch.testing.assert_close(chunked.explain(images).raw, first.raw, rtol=1e-5, atol=1e-6)
         assert batches == [2, 8, 2]  # the same noise, 10 noisy rows in passes of 8 and 2

@@ -95,7 +95,7 @@ def test_integradcam_averages_the_gradients_over_the_path_points(baseline):
     ``range(1, n_divides + 1)``), gradients averaged, Grad-CAM weights, activations of x."""
     model, images = net_and_images()
     steps = 4
-    method = make_method("integradcam", model, "features", steps=steps, baseline=baseline)
+    method = make_method("integradcam", model, "features", steps=steps, baseline=baseline, batch_size=None)
     seen, handle = inputs_seen(model)
     try:
         ours = method.explain(images)
@@ -235,7 +235,7 @@ def test_integratedgradcam_runs_the_baseline_once_a_batch():
     model, images = net_and_images()
     seen, handle = inputs_seen(model)
     try:
-        ours = make_method("integratedgradcam", model, "features", steps=3).explain(images)
+        ours = make_method("integratedgradcam", model, "features", steps=3, batch_size=None).explain(images)
     finally:
         handle.remove()
     assert [len(s) for s in seen] == [4, 1, 4, 4]  # clean batch, the baseline, 2 inner points x 4 images

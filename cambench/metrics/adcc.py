@@ -32,9 +32,10 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from cambench.metrics.base import Metric, MetricInput, class_scores, register
+from cambench.metrics.base import Metric, MetricInput, register
 from cambench.metrics.confidence import NAMES, confidence_changes, explanation_inputs
 from cambench.metrics.correlation import pearson
+from cambench.models.scorer import class_scores
 
 
 def coherency(maps: Tensor, again: Tensor) -> Tensor:
@@ -72,8 +73,8 @@ class ADCC(Metric):
 
     def score(self, batch: MetricInput) -> dict[str, Tensor]:
         again = self.ctx.method.explain(explanation_inputs(batch.images, batch.maps), batch.targets)
-        clean = class_scores(batch.cam.logits, batch.targets)
-        values = confidence_changes(clean, class_scores(again.logits, batch.targets))
+        clean = class_scores(batch.cam.logits, batch.targets, "log_odds")
+        values = confidence_changes(clean, class_scores(again.logits, batch.targets, "log_odds"))
         values["coherency"] = coherency(batch.maps, again.maps)
         values["complexity"] = complexity(batch.maps)
         values["adcc_per_image"] = adcc(values["coherency"], values["complexity"], values["average_drop"])

@@ -164,13 +164,6 @@ class Metric:
         return {}
 
 
-def class_scores(logits: Tensor, targets: Tensor, output: str = "probability") -> Tensor:
-    """The score (B,) of ``targets`` under ``logits`` (B, classes): the logit, or the softmax probability."""
-    logits = logits.float()
-    scores = logits.softmax(1) if output == "probability" else logits
-    return scores.gather(1, targets[:, None])[:, 0]
-
-
 def missing_capabilities(metric: type[Metric], capabilities: set[str]) -> list[str]:
     """What ``metric`` requires that the run cannot give, as readable descriptions."""
     return [CAPABILITIES[need] for need in sorted(metric.requires - capabilities)]

@@ -12,6 +12,8 @@ size, so a removed pixel becomes the dataset's mean colour (Poppi et al.'s code,
     Increase in Confidence  1[O > Y]                    higher is better
     Average Gain            max(0, O - Y) / (1 - Y)     higher is better (0 where Y = 1)
 
+computed from the class log-odds without cancellation (:func:`confidence_changes`).
+
 pytorch-grad-cam's ``DropInConfidence`` is the absolute drop max(0, Y - O), not divided by Y: not
 the paper's measure. TorchCAM divides by Y + 1e-7; we divide by Y exactly. One forward pass per
 image (the explanation input), batched through the run's scorer.
@@ -20,22 +22,33 @@ image (the explanation input), batched through the run's scorer.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from cambench.metrics.base import Metric, MetricInput, class_scores, register
+from cambench.metrics.base import Metric, MetricInput, register
+from cambench.models.scorer import class_scores
 
 NAMES = ("average_drop", "increase_in_confidence", "average_gain")
 
 
 def confidence_changes(clean: Tensor, explained: Tensor) -> dict[str, Tensor]:
-    """Per-image Average Drop, Increase in Confidence and Average Gain (B,) from the class
-    probabilities Y on the images (``clean``) and O on the explanation inputs (``explained``)."""
+    """Per-image Average Drop, Increase in Confidence and Average Gain (B,) from the class log-odds
+    (``class_scores(..., "log_odds")``) on the images (``clean``, Y = sigmoid) and on the explanation
+    inputs (``explained``, O = sigmoid), in a form without cancellation:
+
+        AD = max(0, 1 - O / Y),   AG = max(0, 1 - (1 - O) / (1 - Y)),   IC = 1[O > Y]
+
+    with log Y = logsigmoid(m) and log(1 - Y) = logsigmoid(-m). As fractions of probabilities, 1 - Y is 0
+    in float32 for a confident prediction, and a last-bit change of a logit moved Average Gain by 1e-4 on
+    another CPU; as log-odds it is well conditioned everywhere (a change of the log-odds by d moves each
+    ratio by a factor of at most e^|d|)."""
     clean, explained = clean.double(), explained.double()
-    gain = torch.where(clean < 1, (explained - clean).clamp_min(0) / (1 - clean).clamp_min(1e-300), 0.0)
+    drop = -torch.expm1(F.logsigmoid(explained) - F.logsigmoid(clean))
+    gain = -torch.expm1(F.logsigmoid(-explained) - F.logsigmoid(-clean))
     return {
-        "average_drop": ((clean - explained).clamp_min(0) / clean).float(),
+        "average_drop": drop.clamp_min(0).float(),
         "increase_in_confidence": (explained > clean).float(),
-        "average_gain": gain.float(),
+        "average_gain": gain.nan_to_num(0.0).clamp_min(0).float(),  # 0 where Y = 1 (an infinite log-odds)
     }
 
 
@@ -52,5 +65,5 @@ class Confidence(Metric):
     lower_is_better = frozenset({"average_drop"})
 
     def score(self, batch: MetricInput) -> dict[str, Tensor]:
-        explained = self.ctx.scorer(explanation_inputs(batch.images, batch.maps), batch.targets)
-        return confidence_changes(class_scores(batch.cam.logits, batch.targets), explained)
+        explained = self.ctx.scorer(explanation_inputs(batch.images, batch.maps), batch.targets, "log_odds")
+        return confidence_changes(class_scores(batch.cam.logits, batch.targets, "log_odds"), explained)

@@ -18,10 +18,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from cambench.metrics.base import Metric, MetricContext, MetricError, MetricInput, class_scores, register
+from cambench.metrics.base import Metric, MetricContext, MetricError, MetricInput, register
 from cambench.metrics.correlation import pearson
 from cambench.metrics.substrates import substrate
-from cambench.models.scorer import OUTPUTS, Scorer, expand_rows, owners
+from cambench.models.scorer import OUTPUTS, Scorer, class_scores, expand_rows, owners
 
 BASELINES = ("black", "zeros", "mean", "uniform")
 CHUNK = 256  # rows of random keys drawn at a time

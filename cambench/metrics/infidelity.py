@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from cambench.metrics.base import Metric, MetricContext, MetricError, MetricInput, class_scores, register
-from cambench.models.scorer import OUTPUTS, Scorer, expand_rows, owners
+from cambench.metrics.base import Metric, MetricContext, MetricError, MetricInput, register
+from cambench.models.scorer import OUTPUTS, Scorer, class_scores, expand_rows, owners
 
 
 def infidelity(

@@ -33,7 +33,10 @@ from cambench.models.split import SplitModel
 log = logging.getLogger(__name__)
 
 Build = Callable[[slice], tuple[Tensor, ...]]
-OUTPUTS = ("logit", "probability")
+OUTPUTS = ("logit", "probability")  # what a metric may score (its ``output`` option)
+# and the class log-odds z_c - logsumexp_{j != c} z_j, from which p_c = sigmoid and 1 - p_c = sigmoid(-.) follow
+# without cancellation (Average Gain divides by 1 - p_c, which is 0 in float32 for a confident prediction)
+SCORES = (*OUTPUTS, "log_odds")
 MAX_CHUNK = {"cpu": 256, "cuda": 4096}  # the probe never goes past this many rows a chunk
 RUNS_PER_SIZE = 3
 TIE = 1.03  # chunk sizes this close per row are a tie
@@ -112,8 +115,8 @@ class Scorer:
 
     def score(self, targets: Tensor, build: Build, layer: int | None = None, output: str = "probability") -> Tensor:
         """Scores (n_rows,) float32: row r built by ``build`` and scored for class ``targets[r]``."""
-        if output not in OUTPUTS:
-            raise ValueError(f"unknown output {output!r}; valid: {', '.join(OUTPUTS)}")
+        if output not in SCORES:
+            raise ValueError(f"unknown output {output!r}; valid: {', '.join(SCORES)}")
         n_rows = len(targets)
         scores = torch.empty(n_rows, device=targets.device)
         if n_rows == 0:
@@ -125,9 +128,8 @@ class Scorer:
             timed = self.batch_size is None and probe.best is None
             try:
                 begin = self._clock(targets.device) if timed else 0.0
-                logits = self.logits(build(slice(start, start + size)), layer).float()
-                picked = logits.softmax(1) if output == "probability" else logits
-                scores[start : start + size] = picked.gather(1, targets[start : start + size, None])[:, 0]
+                logits = self.logits(build(slice(start, start + size)), layer)
+                scores[start : start + size] = class_scores(logits, targets[start : start + size], output)
                 if timed:
                     probe.record(size, self._clock(targets.device) - begin)
             except torch.OutOfMemoryError:
@@ -175,6 +177,18 @@ class Scorer:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return time.perf_counter()
+
+
+def class_scores(logits: Tensor, targets: Tensor, output: str = "probability") -> Tensor:
+    """The score (B,) float32 of ``targets`` under ``logits`` (B, classes): the logit, the softmax
+    probability, or the class log-odds ``z_c - logsumexp_{j != c} z_j`` (``log_odds``)."""
+    logits = logits.float()
+    if output == "log_odds":
+        own = logits.gather(1, targets[:, None])[:, 0]
+        others = logits.scatter(1, targets[:, None], float("-inf")).logsumexp(1)
+        return own - others
+    scores = logits.softmax(1) if output == "probability" else logits
+    return scores.gather(1, targets[:, None])[:, 0]
 
 
 def owners(rows: slice, per_image: int, device: torch.device) -> tuple[Tensor, Tensor]:
