@@ -65,6 +65,9 @@ def test_average_gain_is_well_conditioned_for_confident_predictions():
     expected = 1 - math.exp(-21) / math.exp(-20) * (1 + math.exp(-20)) / (1 + math.exp(-21))
     torch.testing.assert_close(gain, torch.tensor([expected, expected]), rtol=0, atol=2e-6)
     logits = torch.tensor([[30.0, 10.0, 9.0]])
+    # a difference of the log-odds within float32 rounding of the logits is no increase in confidence
+    ties = confidence_changes(torch.tensor([3.0, 3.0]), torch.tensor([3.0 + 1e-5, 3.0 + 1e-3]))
+    assert ties["increase_in_confidence"].tolist() == [0.0, 1.0]
     odds = class_scores(logits, torch.tensor([0]), "log_odds")
     torch.testing.assert_close(odds.double(), torch.tensor([30.0 - math.log(math.exp(10) + math.exp(9))]).double())
 

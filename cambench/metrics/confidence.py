@@ -9,7 +9,7 @@ size, so a removed pixel becomes the dataset's mean colour (Poppi et al.'s code,
 ``ClassificationMetric``). Per image, as fractions (papers print them x 100):
 
     Average Drop            max(0, Y - O) / Y           lower is better
-    Increase in Confidence  1[O > Y]                    higher is better
+    Increase in Confidence  1[O > Y]                    higher is better (a tie within rounding: 0)
     Average Gain            max(0, O - Y) / (1 - Y)     higher is better (0 where Y = 1)
 
 computed from the class log-odds without cancellation (:func:`confidence_changes`).
@@ -29,6 +29,9 @@ from cambench.metrics.base import Metric, MetricInput, register
 from cambench.models.scorer import class_scores
 
 NAMES = ("average_drop", "increase_in_confidence", "average_gain")
+# log-odds this close are a tie for Increase in Confidence: within float32 rounding of the logits (a map that
+# is 1 but for one pixel, Fake-CAM, gives O = Y but for the last bits, whose sign another CPU's kernels flip)
+TIE = 1e-4
 
 
 def confidence_changes(clean: Tensor, explained: Tensor) -> dict[str, Tensor]:
@@ -41,13 +44,13 @@ def confidence_changes(clean: Tensor, explained: Tensor) -> dict[str, Tensor]:
     with log Y = logsigmoid(m) and log(1 - Y) = logsigmoid(-m). As fractions of probabilities, 1 - Y is 0
     in float32 for a confident prediction, and a last-bit change of a logit moved Average Gain by 1e-4 on
     another CPU; as log-odds it is well conditioned everywhere (a change of the log-odds by d moves each
-    ratio by a factor of at most e^|d|)."""
+    ratio by a factor of at most e^|d|). Log-odds within ``TIE`` of each other are no increase."""
     clean, explained = clean.double(), explained.double()
     drop = -torch.expm1(F.logsigmoid(explained) - F.logsigmoid(clean))
     gain = -torch.expm1(F.logsigmoid(-explained) - F.logsigmoid(-clean))
     return {
         "average_drop": drop.clamp_min(0).float(),
-        "increase_in_confidence": (explained > clean).float(),
+        "increase_in_confidence": (explained > clean + TIE).float(),
         "average_gain": gain.nan_to_num(0.0).clamp_min(0).float(),  # 0 where Y = 1 (an infinite log-odds)
     }
 
