@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import torch
 
+from cambench.errors import CambenchError
+
 AUTOCAST_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class DeviceError(ValueError):
+class DeviceError(CambenchError):
     pass
 
 

@@ -65,6 +65,7 @@ from typing import TypeVar
 
 import torch
 import torchvision
+from method_table import BENCH_RECORD, README, TABLE_MODEL, method_table, readme_with_table
 from torch import Tensor, nn
 
 from cambench.data.preprocessing import Preprocessing
@@ -74,7 +75,6 @@ from cambench.models.engine import Engine, Passes
 from cambench.models.layers import default_target_layer
 from cambench.models.scorer import Scorer
 from cambench.models.split import Carry, split_model
-from cambench.results.method_table import BENCH_RECORD, README, TABLE_MODEL, method_table, readme_with_table
 
 R = TypeVar("R")
 

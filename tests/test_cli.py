@@ -11,9 +11,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from cambench.config import ConfigError, validate
+from cambench.app.config import ConfigError, validate
+from cambench.data.sampling import stratified_subset
 from cambench.data.shapes_dataset import ShapesDataset
-from cambench.runner.sampling import stratified_subset
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 FAST = ["runner.num_images=4", "runner.batch_size=2", "metrics.deletion_insertion.steps=4", "runner.progress=false"]
@@ -201,7 +201,7 @@ def test_imagenet_needs_a_root():
 
 
 def test_label_targets_and_bf16_autocast_in_process(tmp_path):
-    from cambench.runner.run import run
+    from cambench.app.run import run
 
     cfg = validate(
         compose_cfg(
@@ -258,7 +258,7 @@ def test_presets_compose_with_other_metrics():
 
 
 def test_every_metric_in_one_run(tmp_path):
-    from cambench.runner.run import run
+    from cambench.app.run import run
 
     overrides = ["metrics=all", "metrics.faithfulness_correlation.runs=4", "metrics.faithfulness_correlation.subset=16"]
     overrides += ["metrics.infidelity.samples=2", "model.weights=random", "dataset.image_size=64"]

@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import pytest
 
-from cambench.compare import compare, holm, load_run, main
+from cambench.cli.compare import compare, holm, load_run, main
 
 
 def write_run(folder, method, ids, deletion, insertion):

@@ -12,13 +12,13 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from cambench.config import ConfigError, validate
+from cambench.app.config import ConfigError, validate
+from cambench.app.run import preflight, run
+from cambench.cli.evaluate import METRICS, arguments
+from cambench.data.sampling import stratified_subset
 from cambench.data.shapes_dataset import ShapesDataset
-from cambench.evaluate import METRICS, arguments
+from cambench.io.maps import MapsError, load_maps, save_maps
 from cambench.methods import MethodError
-from cambench.results.maps import MapsError, load_maps, save_maps
-from cambench.runner.run import preflight, run
-from cambench.runner.sampling import stratified_subset
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 TINY = ["dataset.image_size=64", "runner.progress=false", "runner.bootstrap=20"]

@@ -17,15 +17,15 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from PIL import Image
 
-from cambench import report
-from cambench.config import validate
+from cambench.analysis.runs import find_runs
+from cambench.app.config import validate
+from cambench.app.run import preflight, run
+from cambench.cli import report
 from cambench.data.base import DatasetError
 from cambench.data.preprocessing import Preprocessing
 from cambench.data.registry import DATASETS
 from cambench.methods import METHODS
 from cambench.models.build import available_models
-from cambench.results.runs import find_runs
-from cambench.runner.run import preflight, run
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 ROOT = "dataset.root=/data/imagenet/val"

@@ -12,13 +12,13 @@ from conftest import make_method
 from scipy.stats import pearsonr
 from torch import nn
 
+from cambench.analysis.statistics import summarise
 from cambench.methods import CAMOutput
 from cambench.metrics import MetricContext, MetricError, MetricInput, build_metric
 from cambench.metrics.adcc import adcc, adcc_of_means, coherency, complexity
 from cambench.metrics.confidence import confidence_changes
 from cambench.models.engine import Passes
 from cambench.models.scorer import class_scores
-from cambench.results.summary import summarise
 
 
 class MeanLogit(nn.Module):

@@ -16,12 +16,12 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from cambench.config import ConfigError, validate
+from cambench.app.config import ConfigError, validate
+from cambench.app.run import preflight, run
 from cambench.data.base import DatasetError, Sample
 from cambench.data.grid import GridDataset, build_grid, confident, plan_mosaics, score
 from cambench.data.registry import DATASETS
 from cambench.metrics.grid_pointing_game import grid_pointing_game
-from cambench.runner.run import preflight, run
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 CPU = torch.device("cpu")

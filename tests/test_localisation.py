@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from sklearn.metrics import roc_auc_score
 
-from cambench.config import ConfigError, validate
+from cambench.app.config import ConfigError, validate
+from cambench.app.run import preflight
 from cambench.data.base import collate
 from cambench.data.shapes import MAX_DISTRACTORS, render, render_layers, sample_scenes
 from cambench.data.shapes_dataset import ShapesDataset
@@ -29,7 +30,6 @@ from cambench.metrics.localisation import (
     relevance_mass,
     relevance_rank,
 )
-from cambench.runner.run import preflight
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 NAN = math.nan
@@ -225,7 +225,7 @@ def test_distractor_mass_needs_shapes(tmp_path):
 
 
 def test_groundtruth_metrics_in_one_run(tmp_path):
-    from cambench.runner.run import run
+    from cambench.app.run import run
 
     overrides = ["metrics=groundtruth", "metrics.localisation.tolerance=3", "model.weights=random"]
     overrides += ["dataset.image_size=64", "runner.num_images=4", "runner.batch_size=2", "runner.progress=false"]

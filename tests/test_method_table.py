@@ -4,9 +4,9 @@ registered method missing from the README (or a stale row) fails here."""
 from pathlib import Path
 
 import pytest
+from method_table import END, START, load_record, method_table, readme_with_table
 
 from cambench.methods import METHODS
-from cambench.results.method_table import END, START, load_record, method_table, readme_with_table
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -19,14 +19,12 @@ def readme_table() -> str:
 def test_every_registered_method_has_a_row_in_the_readme():
     rows = {line.split("|")[1].strip() for line in readme_table().splitlines() if line.startswith("| `")}
     missing = sorted(name for name in METHODS if f"`{name}`" not in rows)
-    assert not missing, (
-        f"methods missing from the README's table: {missing}; run python -m cambench.results.method_table"
-    )
+    assert not missing, f"methods missing from the README's table: {missing}; run python scripts/method_table.py"
 
 
 def test_readme_table_is_what_the_registry_and_the_bench_record_give():
     expected = method_table(load_record(ROOT / "results/bench/methods-cpu.json")).strip()
-    assert readme_table() == expected, "the README's method table is stale: run python -m cambench.results.method_table"
+    assert readme_table() == expected, "the README's method table is stale: run python scripts/method_table.py"
 
 
 def test_measured_columns_from_a_record():
@@ -60,9 +58,6 @@ def test_readme_without_markers_is_a_clear_error():
 
 
 def test_bench_merge_replaces_only_the_remeasured_rows():
-    import sys
-
-    sys.path.insert(0, str(ROOT / "scripts"))
     from bench_methods import merged
 
     def row(method: str, model: str, seconds: float) -> dict:

@@ -31,13 +31,13 @@ from zennit.rules import Pass
 from zennit.torchvision import ResNetCanonizer
 from zennit.types import Activation
 
-from cambench.config import validate
+from cambench.app.config import validate
+from cambench.app.run import preflight
 from cambench.methods import MethodError
 from cambench.methods.base import minmax, weighted_sum
 from cambench.methods.polycam import percentile_normalise
 from cambench.methods.relevancecam import after_target, composite, safe_denominator
 from cambench.models.engine import Passes
-from cambench.runner.run import preflight
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from cambench.config import validate
+from cambench.app import run as runner
+from cambench.app.config import validate
 from cambench.methods import METHODS, CAMMethod
 from cambench.models.build import build_model
-from cambench.runner import run as runner
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 MODELS = {"resnet18": "reference", "vgg11_bn": "random", "mobilenet_v3_small": "random"}

@@ -19,7 +19,7 @@ def test_the_wheel_ships_every_config_and_hydra_composes_from_the_installed_copy
     zipfile.ZipFile(wheel).extractall(target)
     # from another folder, with only the installed copy on the path, the app composes its config
     probe = (
-        "import sys; sys.path.insert(0, sys.argv[1]); import cambench.__main__ as m; "
+        "import sys; sys.path.insert(0, sys.argv[1]); import cambench.cli.main as m; "
         "assert m.__file__.startswith(sys.argv[1]), m.__file__; "
         "sys.argv = ['cambench', '--cfg', 'job', 'method=scorecam']; m.main()"
     )

@@ -12,8 +12,7 @@ from matplotlib import colormaps
 from matplotlib.container import ErrorbarContainer
 from matplotlib.image import imread
 
-from cambench.methods.base import minmax
-from cambench.results.plots import (
+from cambench.analysis.plots import (
     CELL,
     DPI,
     bar_chart,
@@ -23,6 +22,7 @@ from cambench.results.plots import (
     overlay,
     save_grid_data,
 )
+from cambench.methods.base import minmax
 
 
 def peak(height: int, width: int, row: int, column: int) -> torch.Tensor:
@@ -133,8 +133,8 @@ def test_bar_chart_bars_are_the_means_with_their_intervals(tmp_path):
 def test_a_run_with_save_grid_writes_its_grid_of_the_method_and_baselines(tmp_path):
     from hydra import compose, initialize_config_dir
 
-    from cambench.config import validate
-    from cambench.runner.run import GRID_IMAGES, run
+    from cambench.app.config import validate
+    from cambench.app.run import GRID_IMAGES, run
 
     conf = str(Path(__file__).resolve().parent.parent / "conf")
     overrides = ["runner.num_images=12", "runner.batch_size=5", "dataset.image_size=64", "runner.progress=false"]

@@ -14,7 +14,7 @@ from conftest import make_method
 from hydra import compose, initialize_config_dir
 from torch import nn
 
-from cambench.config import ConfigError, validate
+from cambench.app.config import ConfigError, validate
 from cambench.methods import CAMOutput
 from cambench.metrics import METRICS, MetricContext, MetricError, MetricInput, build_metric
 from cambench.metrics.class_sensitivity import ssim
@@ -287,7 +287,7 @@ def test_agrees_with_quantus_mprt(monkeypatch):
 
 
 def test_in_a_run_beside_the_fakecam_baseline(tmp_path):
-    from cambench.runner.run import run
+    from cambench.app.run import run
 
     overrides = ["metrics=model_randomisation", "metrics.model_randomisation.layers=2", "model.weights=random"]
     overrides += ["dataset.image_size=64", "runner.num_images=4", "runner.batch_size=2", "runner.progress=false"]

@@ -8,10 +8,10 @@ import pytest
 import torch
 from scipy.stats import kendalltau
 
-from cambench.results import ranking
-from cambench.results.leaderboard import Entry
-from cambench.results.ranking import agreement, rank, ranks, resampled_means, stability
-from cambench.results.runs import load_finished
+from cambench.analysis import ranking
+from cambench.analysis.leaderboard import Entry
+from cambench.analysis.ranking import agreement, rank, ranks, resampled_means, stability
+from cambench.analysis.runs import load_finished
 
 
 def test_ranks_by_direction_ties_share_the_better_rank_and_nan_is_last():

@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 import yaml
 
+from cambench.cli.regress import REPORT, RegressError, Tolerances, compare, load_sweep, main
 from cambench.methods.base import weighted_sum
 from cambench.methods.gradcam import GradCAM
-from cambench.regress import REPORT, RegressError, Tolerances, compare, load_sweep, main
 
 TINY = """\
 common: [runner.num_images=8, runner.batch_size=8, dataset.image_size=64, "runner.baselines=[]", runner.bootstrap=10,

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
-from cambench.results.summary import bootstrap_ci, summarise
-from cambench.results.writer import RunWriter, append_to_table, replaced
+from cambench.analysis.statistics import bootstrap_ci, summarise
+from cambench.io.writer import RunWriter, append_to_table, replaced
 
 
 def test_bootstrap_interval_of_constant_and_known_data():

@@ -12,13 +12,13 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from cambench.config import validate
+from cambench.app.config import validate
+from cambench.app.resume import STARTED, STATE, fingerprint
+from cambench.app.run import run
+from cambench.io.maps import load_maps
+from cambench.io.writer import RunWriter, complete_rows
 from cambench.metrics import Metric
 from cambench.models.engine import Stream, batch_seed
-from cambench.results.maps import load_maps
-from cambench.results.writer import RunWriter, complete_rows
-from cambench.runner.resume import STARTED, STATE, fingerprint
-from cambench.runner.run import run
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 TINY = ["dataset.image_size=64", "runner.batch_size=4", "runner.progress=false", "runner.bootstrap=20"]

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from cambench.config import ConfigError, validate
+from cambench.app.config import ConfigError, validate
+from cambench.app.run import preflight
 from cambench.metrics import METRICS, Metric
-from cambench.runner.run import preflight
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 

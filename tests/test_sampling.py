@@ -2,8 +2,8 @@
 
 import torch
 
-from cambench.runner.run import select_images
-from cambench.runner.sampling import coverage, random_subset, stratified_subset
+from cambench.app.run import select_images
+from cambench.data.sampling import coverage, random_subset, stratified_subset
 
 
 def test_sorted_class_folders_give_one_image_per_class_not_the_first_two_classes():

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from cambench.errors import CambenchError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -17,7 +19,7 @@ def normalise(images: Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Tensor:
     return (images - torch.tensor(mean).view(shape)) / torch.tensor(std).view(shape)
 
 
-class DatasetError(ValueError):
+class DatasetError(CambenchError):
     """A dataset that cannot be used as configured; the message says which file or option and what to do."""
 
 

@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from cambench.data.base import DatasetError, Sample, collate
-from cambench.runner.sampling import coverage, stratified_order
+from cambench.data.sampling import coverage, stratified_order
 
 log = logging.getLogger(__name__)
 

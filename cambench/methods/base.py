@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cambench.device import autocast
+from cambench.errors import CambenchError
 from cambench.models.engine import Engine, Passes, Stream
 from cambench.models.split import Carry, SplitModel
 
@@ -38,7 +39,7 @@ METHODS: dict[str, type[CAMMethod]] = {}  # the CAM methods: the method table, t
 SOURCES: dict[str, type[CAMMethod]] = {}
 
 
-class MethodError(ValueError):
+class MethodError(CambenchError):
     """A method that cannot run as configured (its parameters, or the model it is given)."""
 
 

@@ -18,15 +18,15 @@ import torch
 from omegaconf import MISSING
 from torch import Tensor
 
+from cambench.io.maps import MapsError, load_maps
 from cambench.methods.base import SOURCES, CAMMethod, Forward, MethodError, register
 from cambench.models.engine import Engine
-from cambench.results.maps import MapsError, load_maps
 
 
 @register("saved", SOURCES)
 class SavedMaps(CAMMethod):
     paper = "stored maps"
-    summary = "Saved maps: the map stored for each image id (cambench.results.maps)"
+    summary = "Saved maps: the map stored for each image id (cambench.io.maps)"
     checked = "a run's own scores (bit for bit)"
     cost = "1F"
     new_maps = False

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from cambench.data.preprocessing import Preprocessing
+from cambench.errors import CambenchError
 from cambench.methods.base import CAMMethod, CAMOutput
 from cambench.models.engine import Engine, Stream
 from cambench.models.scorer import Scorer
@@ -38,7 +39,7 @@ CAPABILITIES = {
 }
 
 
-class MetricError(ValueError):
+class MetricError(CambenchError):
     """A metric that cannot run as configured (its parameters, or what the run can give it)."""
 
 

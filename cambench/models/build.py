@@ -20,6 +20,7 @@ from torch import nn
 from torchvision.models import WeightsEnum
 
 from cambench.data.preprocessing import Preprocessing
+from cambench.errors import CambenchError
 from cambench.models import checkpoints
 from cambench.models.layers import check_feature_maps, default_target_layer, resolve_target_layer
 from cambench.models.training import recipe_for, timed_train
@@ -27,7 +28,7 @@ from cambench.models.training import recipe_for, timed_train
 log = logging.getLogger(__name__)
 
 
-class ModelError(ValueError):
+class ModelError(CambenchError):
     pass
 
 

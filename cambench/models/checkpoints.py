@@ -19,13 +19,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from cambench.errors import CambenchError
+
 log = logging.getLogger(__name__)
 
 SHIPPED_DIR = Path(__file__).parent / "checkpoints"
 MANIFEST = "manifest.json"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(CambenchError):
     pass
 
 

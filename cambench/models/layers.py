@@ -8,11 +8,13 @@ import logging
 import torch
 from torch import nn
 
+from cambench.errors import CambenchError
+
 log = logging.getLogger(__name__)
 PROBE_SIZES = (224, 160)  # two input sizes: spatial dims follow the input, the channel dim does not
 
 
-class TargetLayerError(ValueError):
+class TargetLayerError(CambenchError):
     pass
 
 

@@ -3,7 +3,7 @@
 ``scripts/bench_methods.py --save results/bench/methods-cpu.json`` records, per method and model,
 the seconds per image, the ratio to the method's own limit and to the faster peer, and each
 method's declared passes at ResNet-50's ``layer4`` at 224 px. :func:`method_table` turns the
-registry and that record into Markdown; ``python -m cambench.results.method_table`` (or
+registry and that record into Markdown; ``python scripts/method_table.py`` (or
 ``scripts/bench_methods.py --write-readme``) writes it between the README's markers, and a test
 fails when the README's table is not what the registry and the record give.
 """
@@ -17,8 +17,9 @@ from typing import Any
 
 from cambench.methods import METHODS
 
-BENCH_RECORD = Path("results/bench/methods-cpu.json")
-README = Path("README.md")
+ROOT = Path(__file__).resolve().parents[1]  # the repository
+BENCH_RECORD = ROOT / "results/bench/methods-cpu.json"
+README = ROOT / "README.md"
 START, END = "<!-- method-table:start -->", "<!-- method-table:end -->"
 TABLE_MODEL = "resnet50"  # the model whose K and hw give the "passes" column
 # Methods of the literature that cambench does not implement, with the reason.

@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from cambench.analysis.runs import FinishedRun
+from cambench.errors import CambenchError
 from cambench.metrics import METRICS
-from cambench.results.runs import FinishedRun
 
 GROUP = ("model", "dataset", "variant")  # the runs whose methods are compared with each other
 IDENTITY = (*GROUP, "method")
@@ -40,7 +41,7 @@ INTERVAL = ("ci95_low", "ci95_high")
 PIVOT_SEPARATOR = "; "  # between the values of --by KEY in the pivot's best column
 
 
-class LeaderboardError(ValueError):
+class LeaderboardError(CambenchError):
     """A leaderboard that cannot be made as asked (an unknown metric or pivot key)."""
 
 

@@ -23,8 +23,8 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from cambench.results.leaderboard import GROUP, Entry, group_title, markdown_table, number
-from cambench.results.summary import resample_rows
+from cambench.analysis.leaderboard import GROUP, Entry, group_title, markdown_table, number
+from cambench.analysis.statistics import resample_rows
 
 RESAMPLES = 1000
 CHUNK = 2**24  # elements of one (methods, resamples, images) gather

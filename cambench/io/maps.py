@@ -28,13 +28,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cambench.results.writer import replaced
+from cambench.errors import CambenchError
+from cambench.io.writer import replaced
 
 MAPS = "maps"  # the folder of a run's maps
 SHARD = "batch_{:06d}.npz"
 
 
-class MapsError(ValueError):
+class MapsError(CambenchError):
     """A maps file that cannot be read or does not hold the format; the message names the file."""
 
 

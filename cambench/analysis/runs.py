@@ -14,11 +14,12 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import OmegaConf
 
+from cambench.errors import CambenchError
+from cambench.io.writer import CURVES, PER_IMAGE, RUN_INFO, SUMMARY
 from cambench.metrics import METRICS
-from cambench.results.writer import CURVES, PER_IMAGE, RUN_INFO, SUMMARY
 
 
-class RunsError(ValueError):
+class RunsError(CambenchError):
     """No finished run where one was expected."""
 
 

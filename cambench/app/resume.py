@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from cambench.results.writer import RUN_INFO, complete_rows, replaced
+from cambench.io.writer import RUN_INFO, complete_rows, replaced
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ head) and checks that the dataset and method give every metric what it requires.
 the real model is verified on the first batch. Per batch, the method and each metric are timed
 separately (synchronised on CUDA); every row carries ``seconds_method``, ``seconds_<metric>``,
 the method's declared passes per image and the peak memory. After every batch the run saves a
-checkpoint, so a killed run can go on (``runner.resume``, :mod:`cambench.runner.resume`); the
+checkpoint, so a killed run can go on (``runner.resume``, :mod:`cambench.app.resume`); the
 engine knows the batch's index and ids, from which every random draw is seeded.
 """
 
@@ -27,25 +27,25 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from cambench.config import ConfigError, method_params, target_layers
+from cambench.analysis.plots import GRID_FILE, GRID_PNG, heatmap_grid, save_grid_data
+from cambench.analysis.runs import load_finished
+from cambench.analysis.statistics import summarise
+from cambench.app.config import ConfigError, method_params, target_layers
+from cambench.app.resume import Checkpoint, find_earlier, fingerprint, mark_started
 from cambench.data.base import Batch, collate
 from cambench.data.grid import check_grid, grid_for_run
 from cambench.data.preprocessing import Preprocessing
 from cambench.data.registry import DATASETS
+from cambench.data.sampling import coverage, random_subset, stratified_subset
 from cambench.device import AUTOCAST_DTYPES, resolve_device
+from cambench.io.maps import MAPS, MapWriter
+from cambench.io.writer import CURVES, PER_IMAGE, RunWriter, append_to_table
 from cambench.methods import CAMMethod, all_methods, build_method
 from cambench.metrics import METRICS, Metric, MetricContext, MetricInput, build_metric, missing_capabilities
 from cambench.models.build import build_model, check_target_layers, skeleton
 from cambench.models.engine import Engine, Passes
 from cambench.models.scorer import Scorer
 from cambench.models.split import split_model
-from cambench.results.maps import MAPS, MapWriter
-from cambench.results.plots import GRID_FILE, GRID_PNG, heatmap_grid, save_grid_data
-from cambench.results.runs import load_finished
-from cambench.results.summary import summarise
-from cambench.results.writer import CURVES, PER_IMAGE, RunWriter, append_to_table
-from cambench.runner.resume import Checkpoint, find_earlier, fingerprint, mark_started
-from cambench.runner.sampling import coverage, random_subset, stratified_subset
 
 log = logging.getLogger(__name__)
 GRID_IMAGES = 8  # images in a run's heat-map grid (runner.save_grid)
@@ -274,7 +274,7 @@ def run(cfg: DictConfig, out_dir: Path) -> RunResult:
 class GridSample:
     """The first ``size`` images of a run with every explainer's maps (``runner.save_grid``): saved as the
     method's ``grid.npz`` (for the aggregator's grid of a sweep) and ``grid.png`` (the method and its
-    baselines), see :mod:`cambench.results.plots`."""
+    baselines), see :mod:`cambench.analysis.plots`."""
 
     size: int
     pixels: list[torch.Tensor] = field(default_factory=list)

@@ -17,13 +17,14 @@ from omegaconf.errors import OmegaConfBaseException
 
 from cambench.data.registry import DATASETS
 from cambench.device import AUTOCAST_DTYPES
+from cambench.errors import CambenchError
 from cambench.methods import METHODS, MethodError, all_methods
 from cambench.metrics import METRICS, MetricError
 from cambench.models.build import available_models
 from cambench.params import parameters, schema
 
 
-class ConfigError(ValueError):
+class ConfigError(CambenchError):
     pass
 
 
@@ -52,7 +53,7 @@ class RunnerConfig:
     add_when_available: list[str] = field(default_factory=lambda: ["localisation", "grid_pointing_game"])
     progress: bool = True
     save_grid: bool = False  # grid.png (the maps of the method and baselines on the first 8 images) and grid.npz
-    save_maps: bool = False  # the method's maps, batch by batch, in maps/ (cambench.results.maps)
+    save_maps: bool = False  # the method's maps, batch by batch, in maps/ (cambench.io.maps)
     resume: bool = False  # go on from the newest earlier run of this config under resume_roots; skip a finished one
     resume_roots: list[str] = field(default_factory=lambda: ["outputs", "multirun"])  # Hydra's output trees
 
