@@ -68,13 +68,11 @@ import torchvision
 from method_table import BENCH_RECORD, README, TABLE_MODEL, method_table, readme_with_table
 from torch import Tensor, nn
 
-from cambench.data.preprocessing import Preprocessing
 from cambench.methods import METHODS, CAMMethod, build_method
 from cambench.methods.base import finalise
-from cambench.models.engine import Engine, Passes
+from cambench.models.engine import Passes, build_engine
 from cambench.models.layers import default_target_layer
-from cambench.models.scorer import Scorer
-from cambench.models.split import Carry, split_model
+from cambench.models.split import Carry
 
 R = TypeVar("R")
 
@@ -209,11 +207,10 @@ class ModelBench:
         model = torchvision.models.get_model(arch, num_classes=1000).eval()
         self.model = model.to(device=device, memory_format=torch.channels_last)
         self.arch, self.device = arch, device
-        self.layers = layers or [default_target_layer(arch, self.model)]
+        self.layers = layers or [default_target_layer(self.model, arch)]
         self.layer = self.layers[-1]
-        split = split_model(self.model, self.layers)
-        self.engine = Engine(split, Scorer(split, None, None, torch.channels_last), Preprocessing())
-        self.split = split
+        self.engine = build_engine(self.model, self.layers, memory_format=torch.channels_last)
+        self.split = self.engine.split
         self._inputs: dict[Setting, Inputs] = {}
         self._costs: dict[tuple[Setting, str], float] = {}
 

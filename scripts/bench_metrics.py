@@ -57,10 +57,8 @@ from cambench.metrics import MetricContext, MetricInput, build_metric
 from cambench.metrics.deletion_insertion import curve_points, perturbation_curve, pixel_ranks
 from cambench.metrics.randomisation import randomisation_blocks
 from cambench.metrics.road import road_images
-from cambench.models.engine import Engine
+from cambench.models.engine import Engine, build_engine
 from cambench.models.layers import default_target_layer
-from cambench.models.scorer import Scorer
-from cambench.models.split import split_model
 
 np.trapz = np.trapezoid  # Quantus 0.6.0 calls np.trapz (removed in numpy 2.4); here only, never in the package
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
@@ -254,9 +252,8 @@ def bench_model(arch: str, args: argparse.Namespace, device: torch.device) -> li
     torch.manual_seed(0)
     model = torchvision.models.get_model(arch, num_classes=1000).eval()
     model = model.to(device, memory_format=torch.channels_last)
-    layer = default_target_layer(arch, model)
-    split = split_model(model, [layer])
-    engine = Engine(split, Scorer(split, None, memory_format=torch.channels_last), Preprocessing())
+    layer = default_target_layer(model, arch)
+    engine = build_engine(model, layer, memory_format=torch.channels_last)
     method = build_method("gradcam", engine)
     best_batch, t_forward = best_forward(model, args.image_size, device, args.repeats)
     generator = torch.Generator().manual_seed(0)
@@ -270,7 +267,8 @@ def bench_model(arch: str, args: argparse.Namespace, device: torch.device) -> li
     quarter = args.image_size // 4
     masks[:, quarter : 3 * quarter, quarter : 3 * quarter] = True
     distractors[:, :quarter, :quarter] = True
-    batch = MetricInput(images, out.targets, masks, [str(i) for i in range(args.images)], out, distractors)
+    ids = [str(i) for i in range(args.images)]
+    batch = MetricInput.of(out, images, ids, labels=out.targets, masks=masks, distractors=distractors)
     print(
         f"\n{arch} ({layer}): forward {1000 * t_forward:.1f} ms/image at batch {best_batch}, "
         f"Grad-CAM {1000 * t_method:.1f} ms/image"

@@ -10,9 +10,7 @@ from torch import nn
 
 from cambench.data.preprocessing import Preprocessing
 from cambench.methods import CAMMethod, build_method
-from cambench.models.engine import Engine
-from cambench.models.scorer import Scorer
-from cambench.models.split import split_model
+from cambench.models.engine import Engine, build_engine
 
 TEST_CHUNK = 16  # the scorer's rows per chunk in tests: fixed, never probed by timing
 
@@ -27,12 +25,11 @@ def make_engine(
     """The engine a run would build for ``model`` split at ``layers`` (fp32). Chunks of ``TEST_CHUNK`` rows
     unless given: a probed chunk size (``batch_size=None``) depends on timing, and results computed in other
     chunk sizes may differ in the last bits, so no test compares probed results exactly."""
-    split = split_model(model.eval(), [layers] if isinstance(layers, str) else list(layers))
-    return Engine(split, Scorer(split, batch_size), preprocessing or Preprocessing(), seed=seed)
+    return build_engine(model, layers, preprocessing, seed, batch_size)
 
 
 def make_method(name: str, model: nn.Module, layers: str | Sequence[str], **params) -> CAMMethod:
-    """Method ``name`` on ``model`` at ``layers``; ``batch_size`` and ``seed`` go to the engine."""
+    """Method ``name`` on ``model`` at ``layers``; ``batch_size``, ``seed`` and ``preprocessing`` go to the engine."""
     engine_args = {k: params.pop(k) for k in ("batch_size", "seed", "preprocessing") if k in params}
     return build_method(name, make_engine(model, layers, **engine_args), **params)
 

@@ -145,7 +145,7 @@ def batch(saliency):
     from cambench.methods import CAMOutput
 
     out = CAMOutput(saliency, saliency, torch.zeros(1, 2), torch.tensor([1]), Passes(forward=1))
-    return MetricInput(IMAGE, torch.tensor([1]), None, ["a"], out)
+    return MetricInput.of(out, IMAGE, ["a"], labels=torch.tensor([1]))
 
 
 def test_metric_class_accumulates_means_and_validates_parameters():
@@ -158,7 +158,7 @@ def test_metric_class_accumulates_means_and_validates_parameters():
         build_metric("deletion_insertion", context(), steps=0)
     with pytest.raises(MetricError, match="odd blur_kernel"):
         build_metric("deletion_insertion", context(), blur_kernel=10)
-    with pytest.raises(KeyError, match="valid choices"):
+    with pytest.raises(MetricError, match="valid choices"):
         build_metric("nosuch", context())
 
 
@@ -228,7 +228,7 @@ def metric_run(model, images, maps, preset):
     logits = model(images)
     out = CAMOutput(maps, maps, logits, logits.argmax(1), Passes(forward=1))
     metric = build_metric("deletion_insertion", ctx, **preset)
-    return metric.update(MetricInput(images, logits.argmax(1), None, ["a"] * len(images), out)), metric
+    return metric.update(MetricInput.of(out, images, ["a"] * len(images), labels=logits.argmax(1))), metric
 
 
 def preset(name):
@@ -319,9 +319,13 @@ def test_logit_output_and_mean_curves_over_batches():
 def test_lerf_adds_its_columns_and_bad_options_are_named():
     from cambench.metrics.deletion_insertion import DeletionInsertion
 
-    assert DeletionInsertion.columns() == ("deletion", "insertion")
+    assert DeletionInsertion.columns(DeletionInsertion.Params()) == ("deletion", "insertion")
     metric = build_metric("deletion_insertion", context(), steps=2, blur_kernel=1, lerf=True)
-    assert set(metric.update(batch(SALIENCY))) == set(metric.names) == set(DeletionInsertion.columns(lerf=True))
+    assert (
+        set(metric.update(batch(SALIENCY)))
+        == set(metric.names)
+        == set(DeletionInsertion.columns(DeletionInsertion.Params(lerf=True)))
+    )
     with pytest.raises(MetricError, match="deletion_substrate must be one of zeros, black, mean, blur, uniform"):
         build_metric("deletion_insertion", context(), deletion_substrate="grey")
     with pytest.raises(MetricError, match="output must be one of"):

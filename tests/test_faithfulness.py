@@ -94,7 +94,7 @@ def context(method_name: str, model: nn.Module) -> MetricContext:
 
 
 def metric_input(images: torch.Tensor, out: CAMOutput) -> MetricInput:
-    return MetricInput(images, out.targets, None, [str(i) for i in range(len(images))], out)
+    return MetricInput.of(out, images, [str(i) for i in range(len(images))], labels=out.targets)
 
 
 def test_average_drop_increase_gain_on_a_stub_model_exact():

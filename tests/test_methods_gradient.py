@@ -126,7 +126,7 @@ def test_registry_lists_the_methods_and_rejects_unknown_names():
     model = Stub()
     assert set(METHOD_NAMES) <= set(METHODS)
     assert all(METHODS[name].name == name for name in METHOD_NAMES)
-    with pytest.raises(KeyError, match=r"unknown method 'nosuch'; valid choices: ") as err:
+    with pytest.raises(MethodError, match=r"unknown method 'nosuch'; valid choices: ") as err:
         build_method("nosuch", make_engine(model, "features"))
     assert all(name in str(err.value) for name in METHOD_NAMES)
 

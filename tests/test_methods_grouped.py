@@ -260,7 +260,7 @@ def test_ablationcampp_pruned_groups_share_their_weight_on_a_linear_tail():
 @pytest.mark.parametrize(
     ("name", "params", "message"),
     [
-        ("cosinecam", {"groups": -1}, "groups = 0"),
+        ("cosinecam", {"groups": -1}, "groups must be 0"),
         ("clustercam", {"clusters": 1}, ">= 2"),
         ("cosinecam", {"kernel_size": 50}, "odd kernel_size"),
         ("clustercam", {"sigma": 0.0}, "sigma > 0"),

@@ -140,9 +140,9 @@ def test_path_methods_chunk_and_batch_without_changing_maps():
 @pytest.mark.parametrize("name", ["integradcam", "integratedgradcam"])
 def test_path_method_parameters_are_checked(name):
     model, _ = net_and_images()
-    with pytest.raises(MethodError, match=f"{name} needs steps >= 1"):
+    with pytest.raises(MethodError, match=f"method {name}: steps must be >= 1"):
         make_method(name, model, "features", steps=0)
-    with pytest.raises(MethodError, match=f"unknown {name} baseline 'grey'; valid: black, zeros"):
+    with pytest.raises(MethodError, match=f"method {name}: unknown baseline 'grey'; valid: black, zeros"):
         make_method(name, model, "features", baseline="grey")
 
 

@@ -81,8 +81,8 @@ def test_every_method_runs_at_batch_sizes_1_and_4(model, method, tmp_path, monke
     collected: list[torch.Tensor] = []
     explain = CAMMethod.explain
 
-    def keep(self, images, targets=None):
-        out = explain(self, images, targets)
+    def keep(self, images, targets=None, ids=None):
+        out = explain(self, images, targets, ids)
         collected.append(out.maps)
         return out
 

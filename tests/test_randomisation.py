@@ -59,7 +59,7 @@ def images(batch: int = 4, size: tuple[int, int] = (24, 20), seed: int = 1) -> t
 def scores(method, x: torch.Tensor, metric=None, **params) -> dict[str, torch.Tensor]:
     out = method.explain(x)
     metric = metric or build_metric("model_randomisation", MetricContext(method.engine, method), **params)
-    return metric.update(MetricInput(x, out.targets, None, [str(i) for i in range(len(x))], out))
+    return metric.update(MetricInput.of(out, x, [str(i) for i in range(len(x))], labels=out.targets))
 
 
 def cascade(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, seed: int) -> list[torch.Tensor]:
@@ -98,8 +98,8 @@ def test_block_order_of_the_torchvision_families():
 
 def test_columns_follow_the_layers_option():
     cls = METRICS["model_randomisation"]
-    assert cls.columns() == ("randomisation_spearman", "randomisation_ssim")
-    assert cls.columns(layers=2) == (
+    assert cls.columns(cls.Params()) == ("randomisation_spearman", "randomisation_ssim")
+    assert cls.columns(cls.Params(layers=2)) == (
         "randomisation_spearman",
         "randomisation_ssim",
         "randomisation_spearman_1",
@@ -107,7 +107,7 @@ def test_columns_follow_the_layers_option():
         "randomisation_ssim_1",
         "randomisation_ssim_2",
     )
-    assert set(cls.columns(layers=17)) <= cls.lower_is_better
+    assert set(cls.columns(cls.Params(layers=17))) <= cls.lower_is_better
 
 
 def test_a_flat_randomised_map_has_rank_correlation_zero():
@@ -123,7 +123,7 @@ def test_a_flat_randomised_map_has_rank_correlation_zero():
 def test_a_model_independent_method_gives_exactly_one(name):
     method = make_method(name, Stub(), "conv2")
     values = scores(method, images(), layers=3)
-    assert set(values) == set(METRICS["model_randomisation"].columns(layers=3))
+    assert set(values) == set(METRICS["model_randomisation"].columns(METRICS["model_randomisation"].Params(layers=3)))
     for column, value in values.items():
         assert torch.equal(value, torch.ones(4)), column
 
@@ -294,7 +294,7 @@ def test_in_a_run_beside_the_fakecam_baseline(tmp_path):
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = validate(compose("config", overrides=[*overrides, f"runner.results_table={tmp_path / 'runs.csv'}"]))
     result = run(cfg, tmp_path / "run")
-    columns = list(METRICS["model_randomisation"].columns(layers=2))
+    columns = list(METRICS["model_randomisation"].columns(METRICS["model_randomisation"].Params(layers=2)))
     assert set(columns) <= set(result.rows.columns) and set(columns) <= set(result.summary["metric"])
     assert result.rows[columns].apply(lambda c: c.isna() | c.between(-1, 1)).all().all()  # NaN: a flat original map
     assert result.rows.filter(like="randomisation_ssim").notna().all().all()

@@ -16,7 +16,7 @@ from cambench.metrics import MetricContext, MetricError, MetricInput, build_metr
 from cambench.metrics.deletion_insertion import pixel_ranks
 from cambench.metrics.road import ROAD, SOLVE_ROWS, MaskedLaplacian, Multigrid, impute, solve_imputation
 from cambench.models.engine import Passes
-from cambench.params import parameters
+from cambench.params import fields
 
 ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS = {(-1, -1): 1 / 12, (-1, 0): 1 / 6, (-1, 1): 1 / 12, (0, -1): 1 / 6}
@@ -57,7 +57,7 @@ def context(model: nn.Module, layer: str, seed: int = 0) -> MetricContext:
 
 def metric_input(images: torch.Tensor, maps: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> MetricInput:
     out = CAMOutput(maps, maps, logits, targets, Passes(forward=1))
-    return MetricInput(images, targets, None, [str(i) for i in range(len(images))], out)
+    return MetricInput.of(out, images, [str(i) for i in range(len(images))], labels=targets)
 
 
 def blob(h: int, w: int, cy: float, cx: float, sigma: float) -> torch.Tensor:
@@ -236,7 +236,7 @@ def test_bad_parameters_are_refused():
 
 def test_the_config_file_sets_every_parameter_to_its_default():
     node = OmegaConf.to_container(OmegaConf.load(ROOT / "conf/metrics/road.yaml"))["road"]
-    defaults = {name: default for name, (_, default) in parameters(ROAD).items()}
+    defaults = {name: default for name, (_, default) in fields(ROAD.Params).items()}
     assert node.keys() == defaults.keys()
     assert tuple(node.pop("percentages")) == defaults.pop("percentages")
     assert node == defaults

@@ -40,7 +40,7 @@ class Tiny(nn.Module):
 
 
 def metric_input(images: torch.Tensor, out: CAMOutput) -> MetricInput:
-    return MetricInput(images, out.targets, None, [str(i) for i in range(len(images))], out)
+    return MetricInput.of(out, images, [str(i) for i in range(len(images))], labels=out.targets)
 
 
 def images(batch: int = 3, size: tuple[int, int] = (16, 20)) -> torch.Tensor:
@@ -153,7 +153,7 @@ class ClassMaps:
     def __init__(self, maps):
         self.maps, self.calls = maps, []
 
-    def explain(self, images, targets=None):
+    def explain(self, images, targets=None, ids=None):
         targets = torch.zeros(len(images), dtype=torch.long) if targets is None else targets
         self.calls.append(targets.clone())
         maps = torch.stack([self.maps(int(c)) for c in targets])
@@ -242,7 +242,7 @@ class Counting:
     def __init__(self, method):
         self.method, self.calls = method, []
 
-    def explain(self, images, targets=None):
+    def explain(self, images, targets=None, ids=None):
         self.calls.append((len(images), targets.clone()))
         return self.method.explain(images, targets)
 

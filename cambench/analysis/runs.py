@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from cambench.errors import CambenchError
 from cambench.io.writer import CURVES, PER_IMAGE, RUN_INFO, SUMMARY
-from cambench.metrics import METRICS
+from cambench.metrics import METRICS, metric_columns
 
 
 class RunsError(CambenchError):
@@ -52,7 +52,7 @@ class FinishedRun:
     @property
     def scores(self) -> list[str]:
         """The per-image score columns of its metrics, in the run's metric order."""
-        return [column for name, params in self.metrics.items() for column in METRICS[name].columns(**params)]
+        return [column for name, params in self.metrics.items() for column in metric_columns(name, params)]
 
     @property
     def derived(self) -> list[str]:

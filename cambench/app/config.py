@@ -15,13 +15,13 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from cambench import params
 from cambench.data.registry import DATASETS
 from cambench.device import AUTOCAST_DTYPES
 from cambench.errors import CambenchError
-from cambench.methods import METHODS, MethodError, all_methods
-from cambench.metrics import METRICS, MetricError
+from cambench.methods import METHODS, all_methods
+from cambench.metrics import METRICS
 from cambench.models.build import available_models
-from cambench.params import parameters, schema
 
 
 class ConfigError(CambenchError):
@@ -80,21 +80,11 @@ def _check_choice(value: object, valid: list | tuple, what: str) -> None:
         raise ConfigError(f"unknown {what} {value!r}; valid choices: {', '.join(map(str, valid))}")
 
 
-def _describe(cls: type) -> str:
-    """``name: type = default`` of every parameter, for error messages."""
-    out = [f"{n}: {getattr(t, '__name__', t)} = {d!r}" for n, (t, d) in parameters(cls).items()]
-    return ", ".join(out) or "none"
-
-
-def _params(cls: type, node: DictConfig, where: str, extra: dict | None = None) -> DictConfig:
-    """``node`` merged into the signature schema of ``cls``, then value-checked by ``cls.check``."""
-    merged = _merge(schema(cls, extra), node, where, valid=_describe(cls))
-    values = {k: v for k, v in OmegaConf.to_container(merged).items() if k not in (extra or {})}
-    try:
-        cls.check(**values)
-    except (MethodError, MetricError) as err:
-        raise ConfigError(f"{where}: {err}") from None
-    return merged
+def _params(cls: type, node: DictConfig | None, where: str) -> DictConfig:
+    """``node`` (without a ``name`` key) validated against the ``Params`` declaration of ``cls``
+    (:func:`cambench.params.validate`), as a config of every parameter."""
+    values = {k: v for k, v in (OmegaConf.to_container(node) if node is not None else {}).items() if k != "name"}
+    return OmegaConf.structured(params.validate(cls.Params, values, where, ConfigError, f"{where}."))
 
 
 def _runner(node: DictConfig) -> DictConfig:
@@ -134,7 +124,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check_choice(cfg.method.get("name"), sorted(methods), "method")
     for baseline in out["runner"].baselines:
         _check_choice(baseline, sorted(METHODS), "runner.baselines entry")
-    out["method"] = _params(methods[cfg.method.name], cfg.method, "method", extra={"name": (str, MISSING)})
+    out["method"] = OmegaConf.merge({"name": cfg.method.name}, _params(methods[cfg.method.name], cfg.method, "method"))
 
     _check_choice(cfg.dataset.get("name"), sorted(DATASETS), "dataset")
     out["dataset"] = _merge(DATASETS[cfg.dataset.name].schema, cfg.dataset, "dataset")
@@ -146,10 +136,10 @@ def validate(cfg: DictConfig) -> DictConfig:
     given = DATASETS[cfg.dataset.name].capabilities(out["dataset"])
     added = [n for n in out["runner"].add_when_available if n not in cfg.metrics and METRICS[n].requires <= given]
     metrics, writers = {}, {}
-    for name, params in [*cfg.metrics.items(), *((n, None) for n in added)]:
+    for name, node in [*cfg.metrics.items(), *((n, None) for n in added)]:
         _check_choice(name, sorted(METRICS), "metric")
-        metrics[name] = _params(METRICS[name], params or OmegaConf.create({}), f"metrics.{name}")
-        for column in (*METRICS[name].columns(**metrics[name]), *METRICS[name].derived):
+        metrics[name] = _params(METRICS[name], node, f"metrics.{name}")
+        for column in (*METRICS[name].columns(OmegaConf.to_object(metrics[name])), *METRICS[name].derived):
             if column in writers:
                 raise ConfigError(
                     f"metrics {writers[column]} and {name} both write {column}: keep one of them "

@@ -43,8 +43,7 @@ from cambench.io.writer import CURVES, PER_IMAGE, RunWriter, append_to_table
 from cambench.methods import CAMMethod, all_methods, build_method
 from cambench.metrics import METRICS, Metric, MetricContext, MetricInput, build_metric, missing_capabilities
 from cambench.models.build import build_model, check_target_layers, skeleton
-from cambench.models.engine import Engine, Passes
-from cambench.models.scorer import Scorer
+from cambench.models.engine import Passes, build_engine
 from cambench.models.split import split_model
 
 log = logging.getLogger(__name__)
@@ -77,7 +76,7 @@ def preflight(cfg: DictConfig) -> list[str]:
     layers = check_target_layers(cfg.model.name, num_classes, layers)
     method.check_model(split_model(skeleton(cfg.model.name, num_classes), layers))
     for explainer in dict.fromkeys([cfg.method.name, *cfg.runner.baselines]):
-        capabilities = spec.capabilities(cfg.dataset) | methods[explainer].capabilities()
+        capabilities = spec.capabilities(cfg.dataset) | methods[explainer].capabilities() | {"model"}
         needs = {n: missing for n in cfg.metrics if (missing := missing_capabilities(METRICS[n], capabilities))}
         if needs:
             raise ConfigError(
@@ -152,9 +151,9 @@ def run(cfg: DictConfig, out_dir: Path) -> RunResult:
     loaded = build_model(cfg.model.name, cfg.model.weights, spec.num_classes(cfg.dataset), cfg.dataset.name, layers)
     memory_format = torch.channels_last if rc.channels_last else torch.preserve_format
     model = loaded.model.to(device, memory_format=memory_format)
-    split = split_model(model, loaded.target_layers)
     chunk = None if rc.score_batch_size == "auto" else rc.score_batch_size
-    engine = Engine(split, Scorer(split, chunk, autocast, memory_format), loaded.preprocessing, autocast, rc.seed)
+    engine = build_engine(model, loaded.target_layers, loaded.preprocessing, rc.seed, chunk, autocast, memory_format)
+    split = engine.split
     method = build_method(cfg.method.name, engine, **method_params(cfg))
 
     def explainer(name: str, method: CAMMethod) -> Explainer:
@@ -205,7 +204,7 @@ def run(cfg: DictConfig, out_dir: Path) -> RunResult:
     try:
         for index, batch in enumerate(bar, checkpoint.batches):
             batch = batch.to(device, memory_format)
-            engine.batch, engine.ids = index, tuple(batch.ids)  # the random draws are seeded per batch
+            engine.batch = index  # the random draws are seeded per batch
             if split_difference is None:
                 split_difference = split.verify(batch.images[:1])
             targets = batch.labels if rc.target == "label" else None
@@ -319,9 +318,11 @@ class Explainer:
         returns the classes explained."""
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        out, seconds = timed(device, self.method.explain, batch.images, targets)
+        out, seconds = timed(device, self.method.explain, batch.images, targets, batch.ids)
         columns = {"seconds_method": seconds}
-        inputs = MetricInput(batch.images, batch.labels, batch.masks, batch.ids, out, batch.distractors)
+        inputs = MetricInput.of(
+            out, batch.images, batch.ids, labels=batch.labels, masks=batch.masks, distractors=batch.distractors
+        )
         scores: dict[str, torch.Tensor] = {}
         for name, metric in self.metrics.items():
             values, seconds = timed(device, metric.update, inputs)

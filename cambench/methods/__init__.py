@@ -13,6 +13,7 @@ from cambench.methods.base import (
     MethodError,
     all_methods,
     build_method,
+    method_class,
     register,
 )
 
@@ -20,4 +21,14 @@ for _module in pkgutil.iter_modules(__path__):
     if _module.name != "base":
         importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["METHODS", "SOURCES", "CAMMethod", "CAMOutput", "MethodError", "all_methods", "build_method", "register"]
+__all__ = [
+    "METHODS",
+    "SOURCES",
+    "CAMMethod",
+    "CAMOutput",
+    "MethodError",
+    "all_methods",
+    "build_method",
+    "method_class",
+    "register",
+]

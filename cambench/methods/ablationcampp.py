@@ -24,6 +24,8 @@ the target layer only, in large chunks, as Ablation-CAM. Cost: 1 forward pass an
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -43,17 +45,19 @@ class AblationCAMPlusPlus(CAMMethod):
     checked = "formula; equals Ablation-CAM without pruning (paper body unverified)"
     cost = "1F + (2K - G) T at most"
 
-    def __init__(self, engine, groups: int = 8, threshold: float = 0.0, iterations: int = 300, tolerance: float = 1e-4):
-        super().__init__(engine)
-        self.groups, self.threshold, self.iterations, self.tolerance = groups, threshold, iterations, tolerance
+    @dataclass
+    class Params(CAMMethod.Params):
+        groups: int = 8
+        threshold: float = 0.0
+        iterations: int = 300
+        tolerance: float = 1e-4
 
-    @classmethod
-    def check(cls, groups: int = 8, threshold: float = 0.0, iterations: int = 300, tolerance: float = 1e-4) -> None:
-        if groups < 1 or iterations < 1 or tolerance < 0:
-            raise MethodError(
-                f"{cls.name} needs groups >= 1, iterations >= 1 and tolerance >= 0, "
-                f"got {groups}, {iterations} and {tolerance}"
-            )
+        def check(self) -> None:
+            if self.groups < 1 or self.iterations < 1 or self.tolerance < 0:
+                raise MethodError(
+                    "ablationcampp needs groups >= 1, iterations >= 1 and tolerance >= 0, "
+                    f"got {self.groups}, {self.iterations} and {self.tolerance}"
+                )
 
     def passes(self, channels: int, positions: int) -> Passes:
         return Passes(forward=1, tail=2 * channels - min(self.groups, channels))

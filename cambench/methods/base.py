@@ -20,7 +20,8 @@ resampled.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -28,9 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cambench import params
+from cambench.data.preprocessing import Preprocessing
 from cambench.device import autocast
 from cambench.errors import CambenchError
-from cambench.models.engine import Engine, Passes, Stream
+from cambench.models.engine import Engine, Passes, Stream, build_engine
+from cambench.models.layers import family
 from cambench.models.split import Carry, SplitModel
 
 METHODS: dict[str, type[CAMMethod]] = {}  # the CAM methods: the method table, the benchmarks, the baselines
@@ -41,6 +45,17 @@ SOURCES: dict[str, type[CAMMethod]] = {}
 
 class MethodError(CambenchError):
     """A method that cannot run as configured (its parameters, or the model it is given)."""
+
+
+# a method's constructor: the model and target layer, then (keyword-only) its hyper-parameters and these
+SIGNATURE = [
+    inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="nn.Module | Engine"),
+    inspect.Parameter("target_layer", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None),
+]
+ENGINE_OPTIONS = [
+    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default)
+    for name, default in (("preprocessing", None), ("seed", 0), ("score_batch_size", None), ("autocast", None))
+]  # never the name of a hyper-parameter
 
 
 def register(name: str, registry: dict[str, type[CAMMethod]] = METHODS) -> Callable[[type[CAMMethod]], type[CAMMethod]]:
@@ -85,11 +100,24 @@ class Forward:
     logits: Tensor  # (B, num_classes) float32
     targets: Tensor  # (B,)
     gradients: list[Tensor] | None  # per target layer, float32, d y_c / d A
+    ids: tuple[str, ...] = ()  # an id per input: what the random draws of a method are keyed by
 
     @property
     def activations(self) -> list[Tensor]:
         """Per target layer, (B, K, h, w) float32."""
         return [carry[0].detach().float() for carry in self.carries]
+
+
+def as_targets(targets: Tensor | Sequence[int] | int | None, images: Tensor) -> Tensor | None:
+    """``targets`` as a (B,) long tensor on the images' device (an int: the same class for every image)."""
+    if targets is None:
+        return None
+    targets = torch.as_tensor(targets, device=images.device).long()
+    if targets.dim() == 0:
+        targets = targets.expand(len(images))
+    if targets.shape != (len(images),):
+        raise MethodError(f"targets must be one class per image ({len(images)}) or one int, got {tuple(targets.shape)}")
+    return targets
 
 
 def minmax(maps: Tensor) -> Tensor:
@@ -133,9 +161,48 @@ class CAMMethod:
     score: ClassVar[str] = "logit"  # what y_c is: logit | probability
     new_maps: ClassVar[bool] = True  # makes maps of any input and class (method=saved only looks stored ones up)
 
-    def __init__(self, engine: Engine):
-        self.engine = engine
+    @dataclass
+    class Params(params.Params):
+        """The method's hyper-parameters (none here): a subclass declares its own, deriving from its parent's."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.__signature__ = params.signature(cls.Params, SIGNATURE, ENGINE_OPTIONS)  # what help() and IDEs show
+
+    def __init__(
+        self,
+        model: nn.Module | Engine,
+        target_layer: str | nn.Module | Sequence[str | nn.Module] | None = None,
+        *,
+        preprocessing: Preprocessing | None = None,
+        seed: int = 0,
+        score_batch_size: int | None = None,
+        autocast: torch.dtype | None = None,
+        **hyper: Any,
+    ):
+        """The method on ``model`` at ``target_layer`` (a dotted module path, the module, a list of them for
+        multi-layer methods, or None: the model's default layer), with its hyper-parameters ``hyper``
+        (``Params``); ``preprocessing`` maps pixels to model input (ImageNet's by default), ``seed`` seeds
+        every random draw, ``score_batch_size`` fixes the rows per forward chunk of perturbed inputs
+        (None: probed), ``autocast`` is a dtype for mixed precision. ``model`` may also be an
+        :class:`~cambench.models.engine.Engine` that a runner built (then without the other options)."""
+        self.params = params.validate(type(self).Params, hyper, f"method {self.name}", MethodError)
+        if isinstance(model, Engine):
+            if target_layer is not None or preprocessing is not None:
+                raise MethodError(f"method {self.name}: an engine is already split; give a model to choose layers")
+            self.engine = model
+        else:
+            if target_layer is None:
+                target_layer = self.default_layers(family(model), model)
+            self.engine = build_engine(model, target_layer, preprocessing, seed, score_batch_size, autocast)
+        self.check_model(self.engine.split)
+        for name, value in params.as_dict(self.params).items():
+            setattr(self, name, value)
         self._stream = Stream()
+        self.setup()
+
+    def setup(self) -> None:
+        """What a method prepares once its engine and parameters are set (e.g. CAM's linear head)."""
 
     def generator(self, device: torch.device) -> torch.Generator:
         """The method's own generator: seeded from the run's seed and the batch index, advancing within a batch."""
@@ -145,10 +212,6 @@ class CAMMethod:
     def capabilities(cls) -> set[str]:
         """What the method gives the metrics (keys of ``cambench.metrics.base.CAPABILITIES``)."""
         return {name for name, given in (("gradients", cls.needs_gradients), ("new_maps", cls.new_maps)) if given}
-
-    @classmethod
-    def check(cls, **params: Any) -> None:
-        """Raise MethodError for hyper-parameter values the method cannot use (types are checked by the config)."""
 
     @classmethod
     def check_model(cls, split: SplitModel) -> None:
@@ -161,8 +224,9 @@ class CAMMethod:
 
     @classmethod
     def default_layers(cls, arch: str, model: nn.Module) -> list[str] | None:
-        """The target layers this method uses on ``arch`` when ``model.target_layer`` is not set
-        (``model`` is the weightless skeleton); None: the model's default target layer."""
+        """The target layers this method uses on ``arch`` (a torchvision name, or the family of a model:
+        ``resnet``, ``vgg``, ...) when none is given (``model`` may be a weightless skeleton); None: the
+        model's default target layer."""
         return None
 
     def passes(self, channels: int, positions: int) -> Passes:
@@ -178,8 +242,15 @@ class CAMMethod:
         scores = logits.softmax(1) if self.score == "probability" else logits
         return scores.gather(1, targets[:, None])[:, 0]
 
-    def forward(self, images: Tensor, targets: Tensor | None = None, gradients: bool | None = None) -> Forward:
-        """The forward pass at the target layers; with gradients when asked (default: when the method needs them)."""
+    def forward(
+        self,
+        images: Tensor,
+        targets: Tensor | None = None,
+        gradients: bool | None = None,
+        ids: Sequence[str] | None = None,
+    ) -> Forward:
+        """The forward pass at the target layers; with gradients when asked (default: when the method needs them).
+        ``ids``: an id per image (default: its position in ``images``)."""
         gradients = self.needs_gradients if gradients is None else gradients
         with autocast(images.device, self.engine.autocast_dtype):
             carries, logits = self.engine.split.forward(images, 0 if gradients else None)
@@ -190,12 +261,20 @@ class CAMMethod:
             score = self.target_score(logits.float(), targets).sum()
             # only d y_c / d A: no parameter gradients, no layers before the first target layer
             grads = [g.float() for g in torch.autograd.grad(score, [carry[0] for carry in carries])]
-        return Forward(images, carries, logits.detach().float(), targets, grads)
+        ids = tuple(map(str, range(len(images)))) if ids is None else tuple(ids)
+        if len(ids) != len(images):
+            raise MethodError(f"method {self.name}: {len(ids)} ids for {len(images)} images; give one id per image")
+        return Forward(images, carries, logits.detach().float(), targets, grads, ids)
 
-    def explain(self, images: Tensor, targets: Tensor | None = None) -> CAMOutput:
-        """Maps of ``images`` for ``targets`` (default: the predicted classes)."""
+    def explain(
+        self, images: Tensor, targets: Tensor | Sequence[int] | int | None = None, ids: Sequence[str] | None = None
+    ) -> CAMOutput:
+        """Maps of ``images`` (B, C, H, W), model input, for ``targets`` (B,) (a class for every image, or
+        one for all; default: the predicted classes). ``ids`` name the images (default: their positions in
+        the call): a stochastic method's draws for an image are a function of the seed and its id only."""
+        targets = as_targets(targets, images)
         with torch.inference_mode(False), torch.enable_grad():
-            fw = self.forward(images, targets)
+            fw = self.forward(images, targets, ids=ids)
             raw = self.raw_map(fw).detach().float()
         channels, height, width = fw.carries[-1][0].shape[1:]
         passes = self.engine.actual_passes(self.passes(channels, height * width))
@@ -218,11 +297,20 @@ class GradientMethod(CAMMethod):
         raise NotImplementedError
 
 
-def build_method(name: str, engine: Engine, **params: Any) -> CAMMethod:
+def method_class(name: str) -> type[CAMMethod]:
+    """The method registered as ``name``; MethodError listing the choices otherwise."""
     methods = all_methods()
     if name not in methods:
-        raise KeyError(f"unknown method {name!r}; valid choices: {', '.join(sorted(methods))}")
-    cls = methods[name]
-    cls.check(**params)
-    cls.check_model(engine.split)
-    return cls(engine, **params)
+        raise MethodError(f"unknown method {name!r}; valid choices: {', '.join(sorted(methods))}")
+    return methods[name]
+
+
+def build_method(
+    name: str,
+    model: nn.Module | Engine,
+    target_layer: str | nn.Module | Sequence[str | nn.Module] | None = None,
+    **options: Any,
+) -> CAMMethod:
+    """Method ``name`` on ``model`` (or a runner's engine) at ``target_layer``, with its hyper-parameters and
+    engine options (see :class:`CAMMethod`): ``cambench.method``."""
+    return method_class(name)(model, target_layer, **options)

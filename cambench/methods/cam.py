@@ -71,9 +71,8 @@ class CAM(CAMMethod):
                 "Use method=gradcam, which is CAM on such heads, or a ResNet at layer4"
             )
 
-    def __init__(self, engine):
-        super().__init__(engine)
-        self.linear = linear_head(engine.split)
+    def setup(self) -> None:
+        self.linear = linear_head(self.engine.split)
 
     def raw_map(self, fw: Forward) -> Tensor:
         return weighted_sum(self.linear.weight.float()[fw.targets], fw.activations[-1])

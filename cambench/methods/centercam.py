@@ -9,6 +9,8 @@ prediction only).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -21,14 +23,13 @@ class CenterCAM(CAMMethod):
     summary = "Center-CAM: centred Gaussian (sigma relative to the image side)"
     checked = "formula"
 
-    def __init__(self, engine, sigma: float = 0.25):
-        super().__init__(engine)
-        self.sigma = sigma
+    @dataclass
+    class Params(CAMMethod.Params):
+        sigma: float = 0.25
 
-    @classmethod
-    def check(cls, sigma: float = 0.25) -> None:
-        if sigma <= 0:
-            raise MethodError(f"centercam needs sigma > 0, got {sigma}")
+        def check(self) -> None:
+            if self.sigma <= 0:
+                raise MethodError(f"centercam needs sigma > 0, got {self.sigma}")
 
     def raw_map(self, fw: Forward) -> Tensor:
         b, _, h, w = fw.images.shape

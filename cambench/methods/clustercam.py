@@ -25,12 +25,14 @@ then G + 1 forward passes, G <= ceil(sqrt(K)) + 1 with the elbow rule.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 from cambench.methods.base import CAMMethod, Forward, register, weighted_sum
 from cambench.methods.cosinecam import (
-    check_grouping,
+    GroupingParams,
     gain_weights,
     group_channels,
     group_counts,
@@ -50,29 +52,12 @@ class ClusterCAM(CAMMethod):
     checked = "formula (paper body unverified: the seed's reading)"
     cost = "(2 + G)F, G <= ceil(sqrt(K)) + 1"
 
-    def __init__(
-        self,
-        engine,
-        clusters: int = 0,
-        iterations: int = 300,
-        tolerance: float = 1e-4,
-        kernel_size: int = 51,
-        sigma: float = 50.0,
-    ):
-        super().__init__(engine)
-        self.clusters, self.iterations, self.tolerance = clusters, iterations, tolerance
-        self.kernel_size, self.sigma = kernel_size, sigma
+    @dataclass
+    class Params(GroupingParams):
+        clusters: int = 0  # 0: the elbow rule
 
-    @classmethod
-    def check(
-        cls,
-        clusters: int = 0,
-        iterations: int = 300,
-        tolerance: float = 1e-4,
-        kernel_size: int = 51,
-        sigma: float = 50.0,
-    ) -> None:
-        check_grouping(cls.name, clusters, 2, iterations, tolerance, kernel_size, sigma)
+        def check(self) -> None:
+            self.check_grouping(self.clusters, 2)
 
     def passes(self, channels: int, positions: int) -> Passes:
         return Passes(forward=2 + max(group_counts(channels, self.clusters)))

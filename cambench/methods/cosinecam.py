@@ -30,6 +30,7 @@ then G + 1 forward passes (the G masked inputs and the blurred one), G <= ceil(s
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -118,18 +119,25 @@ def median_centred(raw: Tensor, size: tuple[int, int]) -> Tensor:
     return up - up.flatten(1).median(1).values[:, None, None]
 
 
-def check_grouping(
-    name: str, groups: int, smallest: int, iterations: int, tolerance: float, kernel: int, sigma: float
-) -> None:
-    """The checks Cosine-CAM and Cluster-CAM share (``smallest``: the fewest groups the method can use)."""
-    if groups and groups < smallest:
-        raise MethodError(f"{name} needs groups = 0 (the elbow rule) or >= {smallest}, got {groups}")
-    if iterations < 1 or tolerance < 0:
-        raise MethodError(f"{name} needs iterations >= 1 and tolerance >= 0, got {iterations} and {tolerance}")
-    if kernel < 1 or kernel % 2 == 0:
-        raise MethodError(f"{name} needs an odd kernel_size >= 1, got {kernel}")
-    if sigma <= 0:
-        raise MethodError(f"{name} needs sigma > 0, got {sigma}")
+@dataclass
+class GroupingParams(CAMMethod.Params):
+    """What Cosine-CAM and Cluster-CAM share: k-means and the blur of the masked inputs."""
+
+    iterations: int = 300  # k-means iterations at most
+    tolerance: float = 1e-4  # k-means stops when no centre moves more than this
+    kernel_size: int = 51  # the blur of x (the seed's, as Group-CAM's)
+    sigma: float = 50.0
+
+    def check_grouping(self, groups: int, smallest: int) -> None:
+        """The checks both methods make (``smallest``: the fewest groups the method can use)."""
+        if groups and groups < smallest:
+            raise MethodError(f"groups must be 0 (the elbow rule) or >= {smallest}, got {groups}")
+        if self.iterations < 1 or self.tolerance < 0:
+            raise MethodError(f"needs iterations >= 1 and tolerance >= 0, got {self.iterations} and {self.tolerance}")
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise MethodError(f"needs an odd kernel_size >= 1, got {self.kernel_size}")
+        if self.sigma <= 0:
+            raise MethodError(f"needs sigma > 0, got {self.sigma}")
 
 
 @register("cosinecam")
@@ -143,24 +151,12 @@ class CosineCAM(CAMMethod):
     cost = "(2 + G)F + 1B, G <= ceil(sqrt(K)) + 1"
     needs_gradients = True
 
-    def __init__(
-        self,
-        engine,
-        groups: int = 0,
-        iterations: int = 300,
-        tolerance: float = 1e-4,
-        kernel_size: int = 51,
-        sigma: float = 50.0,
-    ):
-        super().__init__(engine)
-        self.groups, self.iterations, self.tolerance = groups, iterations, tolerance
-        self.kernel_size, self.sigma = kernel_size, sigma
+    @dataclass
+    class Params(GroupingParams):
+        groups: int = 0  # 0: the elbow rule over k = 3 .. ceil(sqrt(K))
 
-    @classmethod
-    def check(
-        cls, groups: int = 0, iterations: int = 300, tolerance: float = 1e-4, kernel_size: int = 51, sigma: float = 50.0
-    ) -> None:
-        check_grouping(cls.name, groups, 1, iterations, tolerance, kernel_size, sigma)
+        def check(self) -> None:
+            self.check_grouping(self.groups, 1)
 
     def passes(self, channels: int, positions: int) -> Passes:
         return Passes(forward=2 + max(group_counts(channels, self.groups)), backward=1)

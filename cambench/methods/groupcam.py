@@ -26,6 +26,8 @@ groups; flat ones unscored).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -49,14 +51,13 @@ class GroupCAM(CAMMethod):
     needs_gradients = True
     score = "probability"
 
-    def __init__(self, engine, groups: int = 32):
-        super().__init__(engine)
-        self.groups = groups
+    @dataclass
+    class Params(CAMMethod.Params):
+        groups: int = 32
 
-    @classmethod
-    def check(cls, groups: int = 32) -> None:
-        if groups < 1:
-            raise MethodError(f"groupcam needs groups >= 1, got {groups}")
+        def check(self) -> None:
+            if self.groups < 1:
+                raise MethodError(f"groupcam needs groups >= 1, got {self.groups}")
 
     def passes(self, channels: int, positions: int) -> Passes:
         return Passes(forward=2 + min(self.groups, channels), backward=1)

@@ -25,6 +25,7 @@ target layer only. Cost: M forward and M backward passes.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -38,16 +39,16 @@ BASELINES = ("black", "zeros")
 class PathMethod(GradientMethod):
     """A method that averages a per-point term over x_m = b + (m / M)(x - b), m = 1 .. M."""
 
-    def __init__(self, engine, steps: int, baseline: str):
-        super().__init__(engine)
-        self.steps, self.baseline = steps, baseline
+    @dataclass
+    class Params(GradientMethod.Params):
+        steps: int = 8  # path points M
+        baseline: str = "black"  # b: black (the normalised black image) | zeros (zeros of the model input)
 
-    @classmethod
-    def check_path(cls, steps: int, baseline: str) -> None:
-        if steps < 1:
-            raise MethodError(f"{cls.name} needs steps >= 1 (path points), got {steps}")
-        if baseline not in BASELINES:
-            raise MethodError(f"unknown {cls.name} baseline {baseline!r}; valid: {', '.join(BASELINES)}")
+        def check(self) -> None:
+            if self.steps < 1:
+                raise MethodError(f"steps must be >= 1 (path points), got {self.steps}")
+            if self.baseline not in BASELINES:
+                raise MethodError(f"unknown baseline {self.baseline!r}; valid: {', '.join(BASELINES)}")
 
     def start(self, images: Tensor) -> Tensor:
         """The baseline b, (1, C, H, W) in the model's input space: the same for every image."""
@@ -79,13 +80,6 @@ class InteGradCAM(PathMethod):
     summary = "InteGrad-CAM (seed project): Grad-CAM with g averaged over x_m = b + (m/M)(x - b), m = 1..M; A of x"
     checked = "formula (Grad-CAM at M = 1)"
     cost = "M F + M B"
-
-    def __init__(self, engine, steps: int = 8, baseline: str = "black"):
-        super().__init__(engine, steps, baseline)
-
-    @classmethod
-    def check(cls, steps: int = 8, baseline: str = "black") -> None:
-        cls.check_path(steps, baseline)
 
     def passes(self, channels: int, positions: int) -> Passes:
         return Passes(forward=self.steps, backward=self.steps)

@@ -29,6 +29,8 @@ M backward passes.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -47,12 +49,9 @@ class IntegratedGradCAM(PathMethod):
     checked = "formula on stubs with closed-form integrals; authors' notebook deviates"
     cost = "(M + 1)F + M B"
 
-    def __init__(self, engine, steps: int = 50, baseline: str = "black"):
-        super().__init__(engine, steps, baseline)
-
-    @classmethod
-    def check(cls, steps: int = 50, baseline: str = "black") -> None:
-        cls.check_path(steps, baseline)
+    @dataclass
+    class Params(PathMethod.Params):
+        steps: int = 50
 
     def passes(self, channels: int, positions: int) -> Passes:
         return Passes(forward=self.steps + 1, backward=self.steps)

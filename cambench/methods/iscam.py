@@ -23,6 +23,8 @@ scored. Cost: 1 forward pass, then at most K N (all N scalings of a batch's mask
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -37,14 +39,13 @@ class ISCAM(ScoreCAM):
     checked = "TorchCAM ISCAM (it deviates as its Score-CAM); formula on a linear stub"
     cost = "(1 + K N)F"
 
-    def __init__(self, engine, samples: int = 10):
-        super().__init__(engine)
-        self.samples = samples
+    @dataclass
+    class Params(ScoreCAM.Params):
+        samples: int = 10
 
-    @classmethod
-    def check(cls, samples: int = 10) -> None:
-        if samples < 1:
-            raise MethodError(f"iscam needs samples >= 1, got {samples}")
+        def check(self) -> None:
+            if self.samples < 1:
+                raise MethodError(f"iscam needs samples >= 1, got {self.samples}")
 
     def perturb(self, fw: Forward) -> Perturb:
         scales = torch.arange(1, self.samples + 1, device=fw.images.device).cumsum(0) / self.samples

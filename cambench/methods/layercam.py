@@ -13,6 +13,8 @@ shallowest target layer.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -26,9 +28,9 @@ class LayerCAM(GradientMethod):
     checked = "pytorch-grad-cam, TorchCAM (one layer)"
     multi_layer = True
 
-    def __init__(self, engine, gamma: float = 2.0):
-        super().__init__(engine)
-        self.gamma = gamma
+    @dataclass
+    class Params(GradientMethod.Params):
+        gamma: float = 2.0
 
     def cam(self, activations: Tensor, gradients: Tensor) -> Tensor:
         return (torch.relu(gradients) * activations).sum(1)

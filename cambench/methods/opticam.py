@@ -27,6 +27,8 @@ Cost: (1 + T) forward passes and T input backward passes (an upper bound when im
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -43,14 +45,14 @@ class OptiCAM(CAMMethod):
     cost = "(1 + T)F + T Bx"
     needs_input_gradients = True
 
-    def __init__(self, engine, iterations: int = 100, lr: float = 0.01):
-        super().__init__(engine)
-        self.iterations, self.lr = iterations, lr
+    @dataclass
+    class Params(CAMMethod.Params):
+        iterations: int = 100
+        lr: float = 0.01
 
-    @classmethod
-    def check(cls, iterations: int = 100, lr: float = 0.01) -> None:
-        if iterations < 1 or lr <= 0:
-            raise MethodError(f"opticam needs iterations >= 1 and lr > 0, got {iterations} and {lr}")
+        def check(self) -> None:
+            if self.iterations < 1 or self.lr <= 0:
+                raise MethodError(f"opticam needs iterations >= 1 and lr > 0, got {self.iterations} and {self.lr}")
 
     def passes(self, channels: int, positions: int) -> Passes:
         return Passes(forward=1 + self.iterations, input_backward=self.iterations)

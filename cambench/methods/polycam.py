@@ -48,6 +48,7 @@ forward passes, (1 + 2 sum_l K_l) for PCAM+- (K_l at most ``max_channels``).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from itertools import pairwise
 
 import torch
@@ -98,18 +99,22 @@ class PolyCAM(CAMMethod):
     multi_layer = True
     score = "probability"
 
-    def __init__(self, engine, variant: str = "plus", max_channels: int = 0):
-        super().__init__(engine)
-        self.variant, self.max_channels = variant, max_channels
-        self.channels = self._layer_channels()
+    @dataclass
+    class Params(CAMMethod.Params):
+        variant: str = "plus"
+        max_channels: int = 0
 
-    @classmethod
-    def check(cls, variant: str = "plus", max_channels: int = 0) -> None:
-        if variant not in VARIANTS:
-            choices = ", ".join(f"{k} ({v})" for k, v in VARIANTS.items())
-            raise MethodError(f"polycam: method.variant must be one of {choices}; got {variant!r}")
-        if max_channels < 0:
-            raise MethodError(f"polycam: method.max_channels must be >= 0 (0: every channel); got {max_channels}")
+        def check(self) -> None:
+            if self.variant not in VARIANTS:
+                choices = ", ".join(f"{k} ({v})" for k, v in VARIANTS.items())
+                raise MethodError(f"polycam: method.variant must be one of {choices}; got {self.variant!r}")
+            if self.max_channels < 0:
+                raise MethodError(
+                    f"polycam: method.max_channels must be >= 0 (0: every channel); got {self.max_channels}"
+                )
+
+    def setup(self) -> None:
+        self.channels = self._layer_channels()
 
     @classmethod
     def default_layers(cls, arch: str, model: nn.Module) -> list[str] | None:

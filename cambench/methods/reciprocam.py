@@ -15,6 +15,8 @@ Cost: one forward pass and hw tail passes.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -43,14 +45,13 @@ class ReciproCAM(CAMMethod):
     cost = "1F + hw T"
     score = "probability"
 
-    def __init__(self, engine, kernel: str = "onehot"):
-        super().__init__(engine)
-        self.kernel = kernel
+    @dataclass
+    class Params(CAMMethod.Params):
+        kernel: str = "onehot"
 
-    @classmethod
-    def check(cls, kernel: str = "onehot") -> None:
-        if kernel not in KERNELS:
-            raise MethodError(f"unknown reciprocam kernel {kernel!r}; valid: {', '.join(KERNELS)}")
+        def check(self) -> None:
+            if self.kernel not in KERNELS:
+                raise MethodError(f"unknown reciprocam kernel {self.kernel!r}; valid: {', '.join(KERNELS)}")
 
     def passes(self, channels: int, positions: int) -> Passes:
         return Passes(forward=1, tail=positions)

@@ -51,6 +51,8 @@ layer runs forward twice (on x+ with w+ and on x- with w-) and backward through 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 from torchvision.models.mobilenetv3 import InvertedResidual, MobileNetV3
@@ -154,9 +156,8 @@ class RelevanceCAM(CAMMethod):
     cost = "1F + 2T + 2B"
     needs_gradients = True  # a modified backward pass (LRP) from the output to the target layer
 
-    def __init__(self, engine):
-        super().__init__(engine)
-        self.composite = composite(after_target(engine.split))
+    def setup(self) -> None:
+        self.composite = composite(after_target(self.engine.split))
 
     @classmethod
     def check_model(cls, split: SplitModel) -> None:
@@ -172,7 +173,13 @@ class RelevanceCAM(CAMMethod):
     def passes(self, channels: int, positions: int) -> Passes:
         return Passes(forward=1, backward=2, tail=2)
 
-    def forward(self, images: Tensor, targets: Tensor | None = None, gradients: bool | None = None) -> Forward:
+    def forward(
+        self,
+        images: Tensor,
+        targets: Tensor | None = None,
+        gradients: bool | None = None,
+        ids: Sequence[str] | None = None,
+    ) -> Forward:
         """One pass of the whole model with the LRP hooks: A (the target layer's output at its last call, as
         the split), the prediction, and in place of d y_c / d A the relevance R at the target layer (the
         modified gradient of the LRP backward pass)."""

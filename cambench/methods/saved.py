@@ -12,6 +12,8 @@ randomisation, class sensitivity, sensitivity) fail at start (the ``new_maps`` c
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,7 +22,6 @@ from torch import Tensor
 
 from cambench.io.maps import MapsError, load_maps
 from cambench.methods.base import SOURCES, CAMMethod, Forward, MethodError, register
-from cambench.models.engine import Engine
 
 
 @register("saved", SOURCES)
@@ -31,25 +32,25 @@ class SavedMaps(CAMMethod):
     cost = "1F"
     new_maps = False
 
-    def __init__(self, engine: Engine, path: str = MISSING):  # MISSING: the config must set it
-        super().__init__(engine)
+    @dataclass
+    class Params(CAMMethod.Params):
+        path: str = MISSING  # an .npz of maps, a folder of them, or a run saved with runner.save_maps=true
+
+        def check(self) -> None:
+            if not Path(self.path).exists():
+                raise MethodError(
+                    f"method.path {self.path} does not exist: give an .npz of maps or a run saved with maps"
+                )
+
+    def setup(self) -> None:
         try:
-            self.stored = load_maps(path)
+            self.stored = load_maps(self.path)
         except MapsError as err:
             raise MethodError(f"method.path: {err}") from None
-        self.path = path
         self.rows = {image: row for row, image in enumerate(self.stored.ids)}
 
-    @classmethod
-    def check(cls, path: str = MISSING) -> None:
-        if not Path(path).exists():
-            raise MethodError(f"method.path {path} does not exist: give an .npz of maps or a run saved with maps")
-
-    def lookup(self, images: Tensor) -> Tensor:
-        """The rows of the stored maps of the batch's images (the engine's ids)."""
-        ids = self.engine.ids
-        if len(ids) != len(images):
-            raise MethodError(f"method=saved maps the run's batches only, by image id: got {len(images)} inputs")
+    def lookup(self, ids: Sequence[str]) -> Tensor:
+        """The rows of the stored maps of the images ``ids``."""
         missing = [image for image in ids if image not in self.rows]
         if missing:
             raise MethodError(
@@ -58,11 +59,19 @@ class SavedMaps(CAMMethod):
             )
         return torch.tensor([self.rows[image] for image in ids])
 
-    def forward(self, images: Tensor, targets: Tensor | None = None, gradients: bool | None = None) -> Forward:
+    def forward(
+        self,
+        images: Tensor,
+        targets: Tensor | None = None,
+        gradients: bool | None = None,
+        ids: Sequence[str] | None = None,
+    ) -> Forward:
         """The forward pass for the stored classes (when the file has them, else ``targets``)."""
+        if ids is None:
+            raise MethodError("method=saved looks maps up by image id: call it with ids=, one per image")
         if self.stored.targets is not None:
-            targets = self.stored.targets[self.lookup(images)].to(images.device)
-        return super().forward(images, targets, gradients)
+            targets = self.stored.targets[self.lookup(ids)].to(images.device)
+        return super().forward(images, targets, gradients, ids)
 
     def raw_map(self, fw: Forward) -> Tensor:
-        return self.stored.maps[self.lookup(fw.images)].to(fw.images.device)
+        return self.stored.maps[self.lookup(fw.ids)].to(fw.images.device)

@@ -21,6 +21,9 @@ passes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -36,21 +39,29 @@ class SmoothGradCAMPlusPlus(GradCAMPlusPlus):
     checked = "equals Grad-CAM++ (so pytorch-grad-cam) at sigma = 0; TorchCAM deviates"
     cost = "(N + 1)F + N B"
 
-    def __init__(self, engine, samples: int = 4, sigma: float = 0.3):
-        super().__init__(engine)
-        self.samples, self.sigma = samples, sigma
+    @dataclass
+    class Params(GradCAMPlusPlus.Params):
+        samples: int = 4
+        sigma: float = 0.3
 
-    @classmethod
-    def check(cls, samples: int = 4, sigma: float = 0.3) -> None:
-        if samples < 1 or sigma < 0:
-            raise MethodError(f"smoothgradcampp needs samples >= 1 and sigma >= 0, got {samples} and {sigma}")
+        def check(self) -> None:
+            if self.samples < 1 or self.sigma < 0:
+                raise MethodError(
+                    f"smoothgradcampp needs samples >= 1 and sigma >= 0, got {self.samples} and {self.sigma}"
+                )
 
     def passes(self, channels: int, positions: int) -> Passes:
         return Passes(forward=self.samples + 1, backward=self.samples)
 
-    def forward(self, images: Tensor, targets: Tensor | None = None, gradients: bool | None = False) -> Forward:
+    def forward(
+        self,
+        images: Tensor,
+        targets: Tensor | None = None,
+        gradients: bool | None = False,
+        ids: Sequence[str] | None = None,
+    ) -> Forward:
         """The clean pass gives the prediction only: no graph, no backward (the map needs the noisy copies')."""
-        return super().forward(images, targets, gradients)
+        return super().forward(images, targets, gradients, ids)
 
     def raw_map(self, fw: Forward) -> Tensor:
         images, n, b = fw.images, self.samples, len(fw.images)

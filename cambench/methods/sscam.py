@@ -28,6 +28,8 @@ Cost: 1 forward pass, then at most K N (flat channels are skipped).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -61,14 +63,14 @@ class SSCAM(ScoreCAM):
     checked = "TorchCAM SSCAM (same noise; it deviates as its Score-CAM); Score-CAM at sigma = 0"
     cost = "(1 + K N)F"
 
-    def __init__(self, engine, samples: int = 35, sigma: float = 2.0):
-        super().__init__(engine)
-        self.samples, self.sigma = samples, sigma
+    @dataclass
+    class Params(ScoreCAM.Params):
+        samples: int = 35
+        sigma: float = 2.0
 
-    @classmethod
-    def check(cls, samples: int = 35, sigma: float = 2.0) -> None:
-        if samples < 1 or sigma < 0:
-            raise MethodError(f"sscam needs samples >= 1 and sigma >= 0, got {samples} and {sigma}")
+        def check(self) -> None:
+            if self.samples < 1 or self.sigma < 0:
+                raise MethodError(f"sscam needs samples >= 1 and sigma >= 0, got {self.samples} and {self.sigma}")
 
     def perturb(self, fw: Forward) -> Perturb:
         # one key per image, drawn in order on the CPU: the device does not change them

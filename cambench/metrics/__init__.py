@@ -11,6 +11,8 @@ from cambench.metrics.base import (
     MetricError,
     MetricInput,
     build_metric,
+    metric_class,
+    metric_columns,
     missing_capabilities,
     register,
 )
@@ -26,6 +28,8 @@ __all__ = [
     "MetricError",
     "MetricInput",
     "build_metric",
+    "metric_class",
+    "metric_columns",
     "missing_capabilities",
     "register",
 ]

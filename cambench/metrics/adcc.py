@@ -68,12 +68,12 @@ class ADCC(Metric):
 
     names = (*NAMES, "coherency", "complexity", "adcc_per_image")
     lower_is_better = frozenset({"average_drop", "complexity"})
-    requires = frozenset({"new_maps"})  # coherency: the map of x * L
+    requires = frozenset({"model", "new_maps"})  # coherency: the map of x * L
     derived: ClassVar[dict[str, Callable[[dict[str, Tensor]], Tensor]]] = {"adcc_of_means": adcc_of_means}
 
     def score(self, batch: MetricInput) -> dict[str, Tensor]:
-        again = self.ctx.method.explain(explanation_inputs(batch.images, batch.maps), batch.targets)
-        clean = class_scores(batch.cam.logits, batch.targets, "log_odds")
+        again = self.ctx.method.explain(explanation_inputs(batch.images, batch.maps), batch.targets, batch.ids)
+        clean = class_scores(batch.logits, batch.targets, "log_odds")
         values = confidence_changes(clean, class_scores(again.logits, batch.targets, "log_odds"))
         values["coherency"] = coherency(batch.maps, again.maps)
         values["complexity"] = complexity(batch.maps)

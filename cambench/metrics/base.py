@@ -16,13 +16,14 @@ saves it after every batch, so that a resumed run goes on from it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from cambench import params
 from cambench.data.preprocessing import Preprocessing
 from cambench.errors import CambenchError
 from cambench.methods.base import CAMMethod, CAMOutput
@@ -31,6 +32,7 @@ from cambench.models.scorer import Scorer
 
 METRICS: dict[str, type[Metric]] = {}
 CAPABILITIES = {
+    "model": "the model (give model= to cambench.score)",
     "masks": "ground-truth masks (dataset=shapes, or dataset=imagenet with dataset.boxes_dir)",
     "gradients": "a gradient-based method",
     "distractors": "distractor masks (dataset=shapes)",
@@ -56,10 +58,12 @@ def register(name: str) -> Callable[[type[Metric]], type[Metric]]:
 
 @dataclass
 class MetricContext:
-    """Everything a metric may use besides the batch; built once per run."""
+    """Everything a metric may use besides the batch, built once per run: the engine (the model split at its
+    target layers, the scorer, the preprocessing, the seed) and the method that made the maps, which a metric
+    may ask for maps of new inputs or classes. A metric that only reads maps needs neither."""
 
     engine: Engine
-    method: CAMMethod
+    method: CAMMethod | None = None
 
     @property
     def model(self) -> nn.Module:
@@ -81,22 +85,21 @@ class MetricContext:
 
 @dataclass
 class MetricInput:
-    """One batch, all on the device: the data and the method's output for it."""
+    """One batch, all on the device: the data and the maps to score."""
 
-    images: Tensor  # (B, C, H, W), model input
-    labels: Tensor  # (B,)
-    masks: Tensor | None  # (B, H, W) bool ground truth
-    ids: list[str]
-    cam: CAMOutput  # maps (B, H, W) in [0, 1], raw maps, clean logits, targets
+    images: Tensor | None  # (B, C, H, W), model input (None where no metric needs the images)
+    maps: Tensor  # (B, H, W) in [0, 1], input resolution
+    targets: Tensor  # (B,) the explained classes
+    logits: Tensor | None = None  # (B, classes) float32 of the clean images (None without a model)
+    ids: Sequence[str] = ()
+    labels: Tensor | None = None  # (B,)
+    masks: Tensor | None = None  # (B, H, W) bool ground truth
     distractors: Tensor | None = None  # (B, H, W) bool, objects of no class (shapes), disjoint from masks
 
-    @property
-    def maps(self) -> Tensor:
-        return self.cam.maps
-
-    @property
-    def targets(self) -> Tensor:
-        return self.cam.targets
+    @classmethod
+    def of(cls, cam: CAMOutput, images: Tensor, ids: Sequence[str], **data: Tensor | None) -> MetricInput:
+        """The input of a method's output ``cam`` on ``images`` (``data``: labels, masks, distractors)."""
+        return cls(images, cam.maps, cam.targets, cam.logits, ids, **data)
 
 
 class Metric:
@@ -112,16 +115,31 @@ class Metric:
     names: ClassVar[tuple[str, ...]] = ()
     derived: ClassVar[dict[str, Callable[[dict[str, Tensor]], Tensor]]] = {}
     lower_is_better: ClassVar[frozenset[str]] = frozenset()  # of names and derived; the others: higher is better
-    requires: ClassVar[frozenset[str]] = frozenset()  # keys of CAPABILITIES
+    # keys of CAPABILITIES; most metrics run the model (a metric that only reads maps and masks requires none)
+    requires: ClassVar[frozenset[str]] = frozenset({"model"})
     # sanity checks: column -> the mean at or past which (by the column's direction) the explainer fails
     # the check; the summary's flag column says so
     fails_at: ClassVar[dict[str, float]] = {}
     accumulators: ClassVar[tuple[str, ...]] = ()  # attributes holding running state (besides the per-image values)
 
-    def __init__(self, ctx: MetricContext):
+    @dataclass
+    class Params(params.Params):
+        """The metric's hyper-parameters (none here): a subclass declares its own."""
+
+    def __init__(self, ctx: MetricContext | None = None, **hyper: Any):
+        """The metric with its hyper-parameters ``hyper`` (``Params``); ``ctx``: the engine and the method,
+        for the metrics that need them (``requires``)."""
+        self.params = params.validate(type(self).Params, hyper, f"metric {self.name}", MetricError)
+        for name, value in params.as_dict(self.params).items():
+            setattr(self, name, value)
+        self.names = self.columns(self.params)
         self.ctx = ctx
         self._values: dict[str, list[Tensor]] = {name: [] for name in self.names}
         self._stream = Stream()
+        self.setup()
+
+    def setup(self) -> None:
+        """What a metric prepares once its parameters and context are set."""
 
     def generator(self, device: torch.device) -> torch.Generator:
         """This metric's own generator, seeded from the run's seed and the batch index and advancing within
@@ -138,13 +156,9 @@ class Metric:
             setattr(self, name, state[name])
 
     @classmethod
-    def check(cls, **params: Any) -> None:
-        """Raise MetricError for parameter values the metric cannot use (types are checked by the config)."""
-
-    @classmethod
-    def columns(cls, **params: Any) -> tuple[str, ...]:
-        """The per-image columns written with these parameters: ``names``, unless an option adds or drops some
-        (an instance's ``names`` are its own columns)."""
+    def columns(cls, params: Params) -> tuple[str, ...]:
+        """The per-image columns written with these (validated) parameters: ``names``, unless an option adds or
+        drops some (an instance's ``names`` are its own columns)."""
         return cls.names
 
     def score(self, batch: MetricInput) -> dict[str, Tensor]:
@@ -170,8 +184,19 @@ def missing_capabilities(metric: type[Metric], capabilities: set[str]) -> list[s
     return [CAPABILITIES[need] for need in sorted(metric.requires - capabilities)]
 
 
-def build_metric(name: str, ctx: MetricContext, **params: Any) -> Metric:
+def metric_class(name: str) -> type[Metric]:
+    """The metric registered as ``name``; MetricError listing the choices otherwise."""
     if name not in METRICS:
-        raise KeyError(f"unknown metric {name!r}; valid choices: {', '.join(sorted(METRICS))}")
-    METRICS[name].check(**params)
-    return METRICS[name](ctx, **params)
+        raise MetricError(f"unknown metric {name!r}; valid choices: {', '.join(sorted(METRICS))}")
+    return METRICS[name]
+
+
+def metric_columns(name: str, values: dict[str, Any]) -> tuple[str, ...]:
+    """The per-image columns metric ``name`` writes with the parameter ``values`` (a run's config)."""
+    cls = metric_class(name)
+    return cls.columns(params.validate(cls.Params, values, f"metrics.{name}", MetricError))
+
+
+def build_metric(name: str, ctx: MetricContext | None = None, **hyper: Any) -> Metric:
+    """Metric ``name`` with its hyper-parameters, in the context ``ctx``."""
+    return metric_class(name)(ctx, **hyper)

@@ -27,12 +27,13 @@ method's own cost, e.g. 1F + 1B for Grad-CAM), batched as one call of the method
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from cambench.metrics.base import Metric, MetricContext, MetricError, MetricInput, register
+from cambench.metrics.base import Metric, MetricError, MetricInput, register
 from cambench.metrics.correlation import spearman
 
 SIMILARITIES = ("ssim", "spearman")
@@ -102,23 +103,22 @@ class ClassSensitivity(Metric):
     lower_is_better = frozenset({"class_similarity"})
     # a map that hardly depends on the class fails the test: flagged in the summary
     fails_at: ClassVar[dict[str, float]] = {"class_similarity": 0.9}
-    requires = frozenset({"new_maps"})  # the map for another class
+    requires = frozenset({"model", "new_maps"})  # the map for another class
 
-    def __init__(self, ctx: MetricContext, similarity: str = "ssim"):
-        super().__init__(ctx)
-        self.similarity = similarity
+    @dataclass
+    class Params(Metric.Params):
+        similarity: str = "ssim"
 
-    @classmethod
-    def check(cls, similarity: str = "ssim") -> None:
-        if similarity not in SIMILARITIES:
-            raise MetricError(
-                f"class_sensitivity's similarity must be one of {', '.join(SIMILARITIES)}, got {similarity!r}"
-            )
+        def check(self) -> None:
+            if self.similarity not in SIMILARITIES:
+                raise MetricError(
+                    f"class_sensitivity's similarity must be one of {', '.join(SIMILARITIES)}, got {self.similarity!r}"
+                )
 
     def score(self, batch: MetricInput) -> dict[str, Tensor]:
-        classes = batch.cam.logits.shape[1]
+        classes = batch.logits.shape[1]
         if classes < 2:
             raise MetricError("class_sensitivity needs a model with at least two classes")
         other = other_classes(batch.targets, classes, self.generator(batch.targets.device))
-        again = self.ctx.method.explain(batch.images, other)
+        again = self.ctx.method.explain(batch.images, other, batch.ids)
         return {"class_similarity": similarity(batch.maps, again.maps, self.similarity)}

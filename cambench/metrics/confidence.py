@@ -69,4 +69,4 @@ class Confidence(Metric):
 
     def score(self, batch: MetricInput) -> dict[str, Tensor]:
         explained = self.ctx.scorer(explanation_inputs(batch.images, batch.maps), batch.targets, "log_odds")
-        return confidence_changes(class_scores(batch.cam.logits, batch.targets, "log_odds"), explained)
+        return confidence_changes(class_scores(batch.logits, batch.targets, "log_odds"), explained)

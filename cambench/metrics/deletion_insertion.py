@@ -28,11 +28,12 @@ The perturbed copies of every image are built chunk by chunk and scored by the r
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from cambench.metrics.base import Metric, MetricContext, MetricError, MetricInput, register
+from cambench.metrics.base import Metric, MetricError, MetricInput, register
 from cambench.metrics.substrates import SUBSTRATES, substrate
 from cambench.models.scorer import OUTPUTS, Scorer, expand_rows, owners
 
@@ -140,59 +141,46 @@ class DeletionInsertion(Metric):
     lower_is_better = frozenset({"deletion", "insertion_lerf"})
     accumulators = ("_curves", "_counted", "_x")  # the mean curves: saved per batch for resumed runs
 
-    def __init__(
-        self,
-        ctx: MetricContext,
-        steps: int = 224,
-        pixels_per_step: int | None = None,
-        final_point: bool = True,
-        deletion_substrate: str = "zeros",
-        insertion_substrate: str = "blur",
-        blur_kernel: int = 11,
-        blur_sigma: float = 5.0,
-        output: str = "probability",
-        lerf: bool = False,
-    ):
-        self.names = self.columns(lerf=lerf)
-        super().__init__(ctx)
-        self.steps, self.pixels_per_step, self.final_point = steps, pixels_per_step, final_point
-        self.substrates = (deletion_substrate, insertion_substrate)
-        self.blur_kernel, self.blur_sigma, self.output, self.lerf = blur_kernel, blur_sigma, output, lerf
+    @dataclass
+    class Params(Metric.Params):
+        steps: int = 224
+        pixels_per_step: int | None = None
+        final_point: bool = True
+        deletion_substrate: str = "zeros"
+        insertion_substrate: str = "blur"
+        blur_kernel: int = 11
+        blur_sigma: float = 5.0
+        output: str = "probability"
+        lerf: bool = False
+
+        def check(self) -> None:
+            if self.steps < 1 or (self.pixels_per_step is not None and self.pixels_per_step < 1):
+                raise MetricError(
+                    "deletion_insertion.steps and pixels_per_step must be >= 1, "
+                    f"got {self.steps} and {self.pixels_per_step}"
+                )
+            if self.blur_kernel < 1 or self.blur_kernel % 2 == 0 or self.blur_sigma <= 0:
+                raise MetricError(
+                    "deletion_insertion needs an odd blur_kernel >= 1 and blur_sigma > 0, "
+                    f"got {self.blur_kernel} and {self.blur_sigma}"
+                )
+            for which in ("deletion_substrate", "insertion_substrate"):
+                if (name := getattr(self, which)) not in SUBSTRATES:
+                    raise MetricError(
+                        f"deletion_insertion.{which} must be one of {', '.join(SUBSTRATES)}, got {name!r}"
+                    )
+            if self.output not in OUTPUTS:
+                raise MetricError(f"deletion_insertion.output must be one of {', '.join(OUTPUTS)}, got {self.output!r}")
+
+    def setup(self) -> None:
+        self.substrates = (self.deletion_substrate, self.insertion_substrate)
         self._curves: dict[str, Tensor] = {}
         self._counted: dict[str, Tensor] = {}
         self._x: Tensor | None = None
 
     @classmethod
-    def columns(cls, lerf: bool = False, **_: object) -> tuple[str, ...]:
-        return cls.names if lerf else cls.names[:2]
-
-    @classmethod
-    def check(
-        cls,
-        steps: int = 224,
-        pixels_per_step: int | None = None,
-        final_point: bool = True,
-        deletion_substrate: str = "zeros",
-        insertion_substrate: str = "blur",
-        blur_kernel: int = 11,
-        blur_sigma: float = 5.0,
-        output: str = "probability",
-        lerf: bool = False,
-    ) -> None:
-        if steps < 1 or (pixels_per_step is not None and pixels_per_step < 1):
-            raise MetricError(
-                f"deletion_insertion.steps and pixels_per_step must be >= 1, got {steps} and {pixels_per_step}"
-            )
-        if blur_kernel < 1 or blur_kernel % 2 == 0 or blur_sigma <= 0:
-            raise MetricError(
-                "deletion_insertion needs an odd blur_kernel >= 1 and blur_sigma > 0, "
-                f"got {blur_kernel} and {blur_sigma}"
-            )
-        for which, name in (("deletion_substrate", deletion_substrate), ("insertion_substrate", insertion_substrate)):
-            if name not in SUBSTRATES:
-                raise MetricError(f"deletion_insertion.{which} must be one of {', '.join(SUBSTRATES)}, got {name!r}")
-        if output not in OUTPUTS:
-            raise MetricError(f"deletion_insertion.output must be one of {', '.join(OUTPUTS)}, got {output!r}")
+    def columns(cls, params: Params) -> tuple[str, ...]:
+        return cls.names if params.lerf else cls.names[:2]
 
     def score(self, batch: MetricInput) -> dict[str, Tensor]:
         images = batch.images

@@ -15,10 +15,12 @@ the run; ``runs`` forward passes per image, batched through the run's scorer.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
-from cambench.metrics.base import Metric, MetricContext, MetricError, MetricInput, register
+from cambench.metrics.base import Metric, MetricError, MetricInput, register
 from cambench.metrics.correlation import pearson
 from cambench.metrics.substrates import substrate
 from cambench.models.scorer import OUTPUTS, Scorer, class_scores, expand_rows, owners
@@ -72,21 +74,23 @@ class FaithfulnessCorrelation(Metric):
 
     names = ("faithfulness_correlation",)
 
-    def __init__(
-        self, ctx: MetricContext, runs: int = 100, subset: int = 224, baseline: str = "black", output: str = "logit"
-    ):
-        super().__init__(ctx)
-        self.runs, self.subset, self.baseline, self.output = runs, subset, baseline, output
+    @dataclass
+    class Params(Metric.Params):
+        runs: int = 100
+        subset: int = 224
+        baseline: str = "black"
+        output: str = "logit"
 
-    @classmethod
-    def check(cls, runs: int = 100, subset: int = 224, baseline: str = "black", output: str = "logit") -> None:
-        if runs < 2 or subset < 1:
-            raise MetricError(f"faithfulness_correlation needs runs >= 2 and subset >= 1, got {runs} and {subset}")
-        if baseline not in BASELINES or output not in OUTPUTS:
-            raise MetricError(
-                f"faithfulness_correlation: baseline must be one of {', '.join(BASELINES)} and output one of "
-                f"{', '.join(OUTPUTS)}, got {baseline!r} and {output!r}"
-            )
+        def check(self) -> None:
+            if self.runs < 2 or self.subset < 1:
+                raise MetricError(
+                    f"faithfulness_correlation needs runs >= 2 and subset >= 1, got {self.runs} and {self.subset}"
+                )
+            if self.baseline not in BASELINES or self.output not in OUTPUTS:
+                raise MetricError(
+                    f"faithfulness_correlation: baseline must be one of {', '.join(BASELINES)} and output one of "
+                    f"{', '.join(OUTPUTS)}, got {self.baseline!r} and {self.output!r}"
+                )
 
     def score(self, batch: MetricInput) -> dict[str, Tensor]:
         images = batch.images
@@ -97,7 +101,7 @@ class FaithfulnessCorrelation(Metric):
                 "choose a smaller subset"
             )
         subsets = random_subsets((b, h * w), self.runs, self.subset, self.generator(images.device))
-        clean = class_scores(batch.cam.logits, batch.targets, self.output)
+        clean = class_scores(batch.logits, batch.targets, self.output)
         baseline = substrate(self.baseline, images, self.ctx.preprocessing, self.generator(images.device))
         value = faithfulness_correlation(
             self.ctx.scorer, images, batch.maps, batch.targets, baseline, subsets, clean, self.output

@@ -13,10 +13,12 @@ the run's scorer.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
-from cambench.metrics.base import Metric, MetricContext, MetricError, MetricInput, register
+from cambench.metrics.base import Metric, MetricError, MetricInput, register
 from cambench.models.scorer import OUTPUTS, Scorer, class_scores, expand_rows, owners
 
 
@@ -43,23 +45,24 @@ class Infidelity(Metric):
     names = ("infidelity",)
     lower_is_better = frozenset({"infidelity"})
 
-    def __init__(self, ctx: MetricContext, samples: int = 10, sigma: float = 0.2, output: str = "logit"):
-        super().__init__(ctx)
-        self.samples, self.sigma, self.output = samples, sigma, output
+    @dataclass
+    class Params(Metric.Params):
+        samples: int = 10
+        sigma: float = 0.2
+        output: str = "logit"
 
-    @classmethod
-    def check(cls, samples: int = 10, sigma: float = 0.2, output: str = "logit") -> None:
-        if samples < 1 or sigma <= 0 or output not in OUTPUTS:
-            raise MetricError(
-                f"infidelity needs samples >= 1, sigma > 0 and output one of {', '.join(OUTPUTS)}, "
-                f"got {samples}, {sigma} and {output!r}"
-            )
+        def check(self) -> None:
+            if self.samples < 1 or self.sigma <= 0 or self.output not in OUTPUTS:
+                raise MetricError(
+                    f"infidelity needs samples >= 1, sigma > 0 and output one of {', '.join(OUTPUTS)}, "
+                    f"got {self.samples}, {self.sigma} and {self.output!r}"
+                )
 
     def score(self, batch: MetricInput) -> dict[str, Tensor]:
         images = batch.images
         shape = (len(images), self.samples, *images.shape[1:])
         noise = torch.randn(shape, generator=self.generator(images.device), device=images.device, dtype=images.dtype)
         noise = self.sigma * noise
-        clean = class_scores(batch.cam.logits, batch.targets, self.output)
+        clean = class_scores(batch.logits, batch.targets, self.output)
         value = infidelity(self.ctx.scorer, images, batch.maps, batch.targets, noise, clean, self.output)
         return {"infidelity": value}

@@ -35,12 +35,13 @@ Everything is batched on the device; no per-image loop.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cambench.metrics.base import Metric, MetricContext, MetricError, MetricInput, register
+from cambench.metrics.base import Metric, MetricError, MetricInput, register
 
 NAMES = ("pointing_game", "energy_pointing_game", "iou", "auroc", "relevance_mass", "relevance_rank")
 
@@ -165,16 +166,17 @@ class Localisation(Metric):
     names = NAMES
     requires = frozenset({"masks"})
 
-    def __init__(self, ctx: MetricContext, tolerance: int = 0, threshold: float = 0.5):
-        super().__init__(ctx)
-        self.tolerance, self.threshold = tolerance, threshold
+    @dataclass
+    class Params(Metric.Params):
+        tolerance: int = 0
+        threshold: float = 0.5
 
-    @classmethod
-    def check(cls, tolerance: int = 0, threshold: float = 0.5) -> None:
-        if tolerance < 0 or not 0 <= threshold <= 1:
-            raise MetricError(
-                f"localisation needs tolerance >= 0 (pixels) and threshold in [0, 1], got {tolerance} and {threshold}"
-            )
+        def check(self) -> None:
+            if self.tolerance < 0 or not 0 <= self.threshold <= 1:
+                raise MetricError(
+                    "localisation needs tolerance >= 0 (pixels) and threshold in [0, 1], "
+                    f"got {self.tolerance} and {self.threshold}"
+                )
 
     def score(self, batch: MetricInput) -> dict[str, Tensor]:
         return localisation(batch.maps, batch.masks, self.tolerance, self.threshold)

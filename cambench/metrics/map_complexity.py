@@ -59,6 +59,7 @@ class MapComplexity(Metric):
     module docstring."""
 
     names = ("sparseness", "entropy")
+    requires = frozenset()  # the maps alone
     lower_is_better = frozenset({"entropy"})
 
     def score(self, batch: MetricInput) -> dict[str, Tensor]:

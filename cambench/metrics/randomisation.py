@@ -53,21 +53,19 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from cambench import params
 from cambench.methods.base import METHODS, CAMMethod, build_method
-from cambench.metrics.base import Metric, MetricContext, MetricError, MetricInput, register
+from cambench.metrics.base import Metric, MetricError, MetricInput, register
 from cambench.metrics.class_sensitivity import ssim
 from cambench.metrics.correlation import spearman
-from cambench.models.engine import Engine
-from cambench.models.scorer import Scorer
-from cambench.models.split import split_model
-from cambench.params import parameters
 
 log = logging.getLogger(__name__)
 
@@ -170,19 +168,6 @@ def rank_similarity(maps: Tensor, again: Tensor) -> Tensor:
     return torch.where(flat & ~original_flat, 0.0, spearman(maps, again))
 
 
-def method_params(method: CAMMethod) -> dict[str, Any]:
-    """The hyper-parameters ``method`` was built with, read back from its attributes (every method keeps
-    each ``__init__`` parameter under its own name)."""
-    names = parameters(type(method))
-    missing = [name for name in names if not hasattr(method, name)]
-    if missing:
-        raise MetricError(
-            f"model_randomisation rebuilds the method with its parameters, but {type(method).__name__} does not "
-            f"keep {', '.join(missing)} as attributes"
-        )
-    return {name: getattr(method, name) for name in names}
-
-
 @register("model_randomisation")
 class ModelRandomisation(Metric):
     """Cascading model randomisation: rank correlation and SSIM between the map and the maps of the
@@ -192,15 +177,22 @@ class ModelRandomisation(Metric):
     lower_is_better = frozenset((SPEARMAN, SSIM, *step_columns(MAX_STEPS)))
     # a map that hardly depends on the parameters fails the test: flagged in the summary
     fails_at: ClassVar[dict[str, float]] = {SPEARMAN: 0.9}
-    requires = frozenset({"new_maps"})  # the maps of the randomised models
+    requires = frozenset({"model", "new_maps"})  # the maps of the randomised models
 
-    def __init__(self, ctx: MetricContext, layers: int | None = None):
-        self.names = self.columns(layers=layers)
-        super().__init__(ctx)
+    @dataclass
+    class Params(Metric.Params):
+        layers: int | None = None
+
+        def check(self) -> None:
+            if self.layers is not None and not 1 <= self.layers <= MAX_STEPS:
+                raise MetricError(f"model_randomisation.layers must be null or in 1..{MAX_STEPS}, got {self.layers}")
+
+    def setup(self) -> None:
+        ctx, layers = self.ctx, self.layers
         name = getattr(ctx.method, "name", "")
         if name not in METHODS:
             raise MetricError(f"model_randomisation rebuilds the method by its registered name; got {name!r}")
-        self.params = method_params(ctx.method)
+        self.method_params = params.as_dict(ctx.method.params)
         blocks = randomisation_blocks(ctx.model)
         if not blocks:
             raise MetricError(f"model_randomisation found no parameterised blocks in {type(ctx.model).__name__}")
@@ -222,24 +214,16 @@ class ModelRandomisation(Metric):
         log.info("model_randomisation: %d steps: %s", len(self.blocks), ", ".join("+".join(b) for b in self.blocks))
 
     @classmethod
-    def columns(cls, layers: int | None = None, **_: object) -> tuple[str, ...]:
-        return cls.names + (step_columns(layers) if layers is not None else ())
-
-    @classmethod
-    def check(cls, layers: int | None = None) -> None:
-        if layers is not None and not 1 <= layers <= MAX_STEPS:
-            raise MetricError(f"model_randomisation.layers must be null or in 1..{MAX_STEPS}, got {layers}")
+    def columns(cls, params: Params) -> tuple[str, ...]:
+        return cls.names + (step_columns(params.layers) if params.layers is not None else ())
 
     def _build(self, device: torch.device) -> None:
         """The working copy of the model on ``device`` and the method rebuilt on it (once per run)."""
-        engine = self.ctx.engine
         self._model = copy.deepcopy(self.ctx.model).to(device)
-        split = split_model(self._model, engine.split.layers)
-        scorer = Scorer(split, engine.scorer.batch_size, engine.scorer.autocast_dtype, engine.scorer.memory_format)
-        twin = Engine(split, scorer, engine.preprocessing, engine.autocast_dtype, engine.seed)
-        self._method = build_method(self.ctx.method.name, twin, **self.params)
+        twin = self.ctx.engine.rebuilt(self._model)
+        self._method = build_method(self.ctx.method.name, twin, **self.method_params)
 
-    def randomised_maps(self, images: Tensor, targets: Tensor) -> Iterator[Tensor]:
+    def randomised_maps(self, images: Tensor, targets: Tensor, ids: Sequence[str] | None = None) -> Iterator[Tensor]:
         """The maps (B, H, W) of ``images`` for ``targets`` after each step k = 1..K, in order."""
         if self._model is None:
             self._build(images.device)
@@ -247,13 +231,13 @@ class ModelRandomisation(Metric):
         self._method.engine.batch = self.ctx.engine.batch  # its draws are seeded per batch, as the method's
         for k, block in enumerate(self.blocks, 1):
             randomise(self._model, block, self.ctx.engine.seed + k)
-            yield self._method.explain(images, targets).maps
+            yield self._method.explain(images, targets, ids).maps
 
     def score(self, batch: MetricInput) -> dict[str, Tensor]:
         if min(batch.maps.shape[-2:]) < SSIM_WINDOW:
             raise MetricError(f"model_randomisation's SSIM needs maps of at least {SSIM_WINDOW} x {SSIM_WINDOW} pixels")
         rho, s = [], []
-        for again in self.randomised_maps(batch.images, batch.targets):
+        for again in self.randomised_maps(batch.images, batch.targets, batch.ids):
             rho.append(rank_similarity(batch.maps, again))
             s.append(ssim(batch.maps, again))
         rho_steps, ssim_steps = torch.stack(rho, 1), torch.stack(s, 1)  # (B, K)

@@ -43,12 +43,13 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cambench.metrics.base import Metric, MetricContext, MetricError, MetricInput, register
+from cambench.metrics.base import Metric, MetricError, MetricInput, register
 from cambench.metrics.deletion_insertion import pixel_ranks
 from cambench.models.scorer import OUTPUTS, Scorer, expand_rows, owners
 
@@ -313,39 +314,29 @@ class ROAD(Metric):
     names = ("road_morf", "road_lerf", "road_difference")
     lower_is_better = frozenset({"road_morf"})
 
-    def __init__(
-        self,
-        ctx: MetricContext,
-        percentages: tuple[float, ...] = PERCENTAGES,
-        noise: float = 0.01,
-        output: str = "probability",
-        tol: float = 1e-5,
-        max_iter: int = 100,
-    ):
-        super().__init__(ctx)
-        self.percentages = tuple(float(p) for p in percentages)
-        self.noise, self.output, self.tol, self.max_iter = noise, output, tol, max_iter
+    @dataclass
+    class Params(Metric.Params):
+        percentages: tuple[float, ...] = PERCENTAGES
+        noise: float = 0.01
+        output: str = "probability"
+        tol: float = 1e-5
+        max_iter: int = 100
 
-    @classmethod
-    def check(
-        cls,
-        percentages: tuple[float, ...] = PERCENTAGES,
-        noise: float = 0.01,
-        output: str = "probability",
-        tol: float = 1e-5,
-        max_iter: int = 100,
-    ) -> None:
-        if len(percentages) == 0 or not all(0 < p < 100 for p in percentages):
-            raise MetricError(
-                f"road.percentages must be percents of pixels removed, each in (0, 100), got {list(percentages)} "
-                "(at 100 every pixel is removed and nothing is left to impute from)"
-            )
-        if noise < 0:
-            raise MetricError(f"road.noise must be >= 0, got {noise}")
-        if output not in OUTPUTS:
-            raise MetricError(f"road.output must be one of {', '.join(OUTPUTS)}, got {output!r}")
-        if tol <= 0 or max_iter < 1:
-            raise MetricError(f"road needs tol > 0 and max_iter >= 1, got {tol} and {max_iter}")
+        def check(self) -> None:
+            if len(self.percentages) == 0 or not all(0 < p < 100 for p in self.percentages):
+                raise MetricError(
+                    "road.percentages must be percents of pixels removed, each in (0, 100), got "
+                    f"{list(self.percentages)} (at 100 every pixel is removed and nothing is left to impute from)"
+                )
+            if self.noise < 0:
+                raise MetricError(f"road.noise must be >= 0, got {self.noise}")
+            if self.output not in OUTPUTS:
+                raise MetricError(f"road.output must be one of {', '.join(OUTPUTS)}, got {self.output!r}")
+            if self.tol <= 0 or self.max_iter < 1:
+                raise MetricError(f"road needs tol > 0 and max_iter >= 1, got {self.tol} and {self.max_iter}")
+
+    def setup(self) -> None:
+        self.percentages = tuple(float(p) for p in self.percentages)
 
     def score(self, batch: MetricInput) -> dict[str, Tensor]:
         return road(

@@ -21,11 +21,14 @@ perturbed inputs of a batch go through the method in N calls of B images.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 from cambench.methods.base import CAMMethod
-from cambench.metrics.base import Metric, MetricContext, MetricError, MetricInput, register
+from cambench.metrics.base import Metric, MetricError, MetricInput, register
 
 
 def uniform_noise(images: Tensor, samples: int, radius: float, generator: torch.Generator) -> Tensor:
@@ -36,7 +39,13 @@ def uniform_noise(images: Tensor, samples: int, radius: float, generator: torch.
 
 
 def sensitivities(
-    method: CAMMethod, images: Tensor, maps: Tensor, targets: Tensor, noise: Tensor, normalise: bool = True
+    method: CAMMethod,
+    images: Tensor,
+    maps: Tensor,
+    targets: Tensor,
+    noise: Tensor,
+    normalise: bool = True,
+    ids: Sequence[str] | None = None,
 ) -> Tensor:
     """s (B, N): ||L(x + d_n) - L(x)||_F (divided by ||L(x)||_F, or by 1 where it is 0, when
     ``normalise``) for the perturbations ``noise`` (B, N, C, H, W); ``maps`` (B, H, W) = L(x).
@@ -47,7 +56,8 @@ def sensitivities(
     distances = []
     for start in range(0, batch * samples, batch):
         index = owner[start : start + batch]
-        again = method.explain(images[index] + rows[start : start + batch], targets[index])
+        named = None if ids is None else [ids[i] for i in index.tolist()]  # each row named by its image
+        again = method.explain(images[index] + rows[start : start + batch], targets[index], named)
         distances.append((again.maps.double() - maps[index].double()).flatten(1).norm(dim=1))
     s = torch.cat(distances).view(batch, samples)
     if normalise:
@@ -62,18 +72,21 @@ class Sensitivity(Metric):
 
     names = ("max_sensitivity", "avg_sensitivity")
     lower_is_better = frozenset(names)
-    requires = frozenset({"new_maps"})  # the maps of the perturbed inputs
+    requires = frozenset({"model", "new_maps"})  # the maps of the perturbed inputs
 
-    def __init__(self, ctx: MetricContext, samples: int = 10, radius: float = 0.02, normalise: bool = True):
-        super().__init__(ctx)
-        self.samples, self.radius, self.normalise = samples, radius, normalise
+    @dataclass
+    class Params(Metric.Params):
+        samples: int = 10
+        radius: float = 0.02
+        normalise: bool = True
 
-    @classmethod
-    def check(cls, samples: int = 10, radius: float = 0.02, normalise: bool = True) -> None:
-        if samples < 1 or not radius > 0:
-            raise MetricError(f"sensitivity needs samples >= 1 and radius > 0, got {samples} and {radius}")
+        def check(self) -> None:
+            if self.samples < 1 or not self.radius > 0:
+                raise MetricError(
+                    f"sensitivity needs samples >= 1 and radius > 0, got {self.samples} and {self.radius}"
+                )
 
     def score(self, batch: MetricInput) -> dict[str, Tensor]:
         noise = uniform_noise(batch.images, self.samples, self.radius, self.generator(batch.images.device))
-        s = sensitivities(self.ctx.method, batch.images, batch.maps, batch.targets, noise, self.normalise)
+        s = sensitivities(self.ctx.method, batch.images, batch.maps, batch.targets, noise, self.normalise, batch.ids)
         return {"max_sensitivity": s.amax(1).float(), "avg_sensitivity": s.mean(1).float()}

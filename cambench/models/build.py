@@ -102,7 +102,7 @@ def skeleton(arch: str, num_classes: int) -> nn.Module:
 def check_target_layers(arch: str, num_classes: int, target_layers: list[str] | None) -> list[str]:
     """Resolve and check the target layers on a weightless skeleton: fails before any download or training."""
     model = skeleton(arch, num_classes)
-    paths = target_layers or [default_target_layer(arch, model)]
+    paths = target_layers or [default_target_layer(model, arch)]
     for path in paths:
         resolve_target_layer(model, path)
     check_feature_maps(model, paths)

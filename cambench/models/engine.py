@@ -8,6 +8,7 @@ uninterrupted one draws) and adding a metric changes no other's draws."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
@@ -15,8 +16,9 @@ import torch
 from torch import nn
 
 from cambench.data.preprocessing import Preprocessing
+from cambench.models.layers import layer_paths
 from cambench.models.scorer import Scorer
-from cambench.models.split import SplitModel
+from cambench.models.split import SplitModel, split_model
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,6 @@ class Engine:
     autocast_dtype: torch.dtype | None = None
     seed: int = 0
     batch: int = 0  # index of the batch being evaluated (set by the runner): the streams reseed from it
-    ids: tuple[str, ...] = ()  # that batch's image ids (method=saved looks its maps up by them)
 
     @property
     def model(self) -> nn.Module:
@@ -64,11 +65,44 @@ class Engine:
         """A fresh generator on ``device`` seeded with the run's seed (the same draws whatever the batch)."""
         return torch.Generator(device=device).manual_seed(self.seed)
 
+    def rebuilt(self, model: nn.Module) -> Engine:
+        """An engine of the same options for ``model`` (a copy of this one's model, say), split at the same layers."""
+        scorer = self.scorer
+        return build_engine(
+            model,
+            self.split.layers,
+            self.preprocessing,
+            self.seed,
+            scorer.batch_size,
+            self.autocast_dtype,
+            scorer.memory_format,
+        )
+
     def actual_passes(self, declared: Passes) -> Passes:
         """The declared passes as this split runs them: with the hook fallback a tail pass is a full forward."""
         if self.split.tail_is_full_forward:
             return replace(declared, forward=declared.forward + declared.tail, tail=0.0)
         return declared
+
+
+def build_engine(
+    model: nn.Module,
+    target_layers: str | nn.Module | Sequence[str | nn.Module] | None = None,
+    preprocessing: Preprocessing | None = None,
+    seed: int = 0,
+    score_batch_size: int | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    memory_format: torch.memory_format = torch.preserve_format,
+) -> Engine:
+    """The engine of ``model`` (put in eval mode) split at ``target_layers``: dotted module paths or the
+    modules themselves (pytorch-grad-cam's ``target_layers=[model.layer4]``), None for the model's default
+    layer. ``score_batch_size``: rows per forward chunk of perturbed inputs (None: probed once per kind of
+    row). The one place an engine is made: the runner, the Python API and the metrics that rebuild a
+    model (model randomisation) call it."""
+    paths = layer_paths(model, target_layers)
+    split = split_model(model.eval(), paths)
+    scorer = Scorer(split, score_batch_size, autocast_dtype, memory_format)
+    return Engine(split, scorer, preprocessing or Preprocessing(), autocast_dtype, seed)
 
 
 # splitmix64's increment: odd, so every batch gets other low 32 bits (all that seeds torch's CPU generator)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -18,16 +19,25 @@ class TargetLayerError(CambenchError):
     pass
 
 
-def family(arch: str) -> str:
-    for prefix in ("resnet", "vgg", "mobilenet_v3"):
-        if arch.startswith(prefix):
+# torchvision's classes of the families with a default target layer, by the family's architecture prefix
+FAMILY_CLASSES = {"ResNet": "resnet", "VGG": "vgg", "MobileNetV3": "mobilenet_v3"}
+
+
+def family(model: str | nn.Module) -> str:
+    """``resnet``, ``vgg`` or ``mobilenet_v3`` for an architecture name (``resnet50``) or a model of those
+    torchvision classes; else the name (or the class name)."""
+    if isinstance(model, nn.Module):
+        return FAMILY_CLASSES.get(type(model).__name__, type(model).__name__)
+    for prefix in FAMILY_CLASSES.values():
+        if model.startswith(prefix):
             return prefix
-    return arch
+    return model
 
 
-def default_target_layer(arch: str, model: nn.Module) -> str:
-    """ResNet: ``layer4``; VGG: the last ReLU of ``features``; MobileNetV3: the last feature block."""
-    fam = family(arch)
+def default_target_layer(model: nn.Module, arch: str | None = None) -> str:
+    """ResNet: ``layer4``; VGG: the last ReLU of ``features``; MobileNetV3: the last feature block.
+    The family comes from ``arch`` (a torchvision name) when given, else from the model's class."""
+    fam = family(arch or model)
     if fam == "resnet":
         return "layer4"
     if fam == "vgg":
@@ -36,9 +46,29 @@ def default_target_layer(arch: str, model: nn.Module) -> str:
     if fam == "mobilenet_v3":
         return f"features.{len(model.features) - 1}"
     raise TargetLayerError(
-        f"no default target layer for {arch!r}; set model.target_layer to a module path, "
-        f"for example one of: {', '.join(feature_map_layers(model)[-8:])}"
+        f"no default target layer for {arch or type(model).__name__!r}; set model.target_layer (target_layer= "
+        f"in Python) to a module path, for example one of: {', '.join(feature_map_layers(model)[-8:])}"
     )
+
+
+def layer_paths(model: nn.Module, layers: str | nn.Module | Sequence[str | nn.Module] | None) -> list[str]:
+    """Dotted paths of target ``layers`` given as paths or as modules of ``model`` (None: its default layer)."""
+    if layers is None:
+        return [default_target_layer(model)]
+    names = {id(module): name for name, module in model.named_modules() if name}
+    out = []
+    for layer in [layers] if isinstance(layers, str | nn.Module) else list(layers):
+        if isinstance(layer, nn.Module):
+            if id(layer) not in names:
+                raise TargetLayerError(f"target layer {type(layer).__name__} is not a submodule of the model")
+            layer = names[id(layer)]
+        if not isinstance(layer, str) or not layer:
+            raise TargetLayerError(f"a target layer is a module path or a module, got {layer!r}")
+        resolve_target_layer(model, layer)
+        out.append(layer)
+    if not out:
+        raise TargetLayerError("no target layer given: give a module path, a module, or None for the default")
+    return out
 
 
 def candidates(model: nn.Module, max_depth: int = 2) -> list[str]:
