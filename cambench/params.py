@@ -67,25 +67,39 @@ def describe(params: type[Params]) -> str:
     return ", ".join(items) or "none"
 
 
-def validate(params: type[P], values: Mapping[str, Any], where: str, error: type[CambenchError], key: str = "") -> P:
+def validate(params: type[P], values: Mapping[str, Any], where: str, error: type[CambenchError], prefix: str = "") -> P:
     """``values`` merged into the declaration ``params`` (types checked and converted as on the command line),
     then value-checked by :meth:`Params.check`; ``error`` with one line that starts with ``where`` otherwise
-    (``key``: the config path of the parameters, ``method.`` say, to name a missing one)."""
+    (``prefix``: the config path of the parameters, ``method.`` say, to name a missing one)."""
     try:
         merged = OmegaConf.merge(OmegaConf.structured(params), dict(values))
     except ConfigKeyError as err:
         raise error(f"{where}: unknown parameter {err.key!r} (valid parameters: {describe(params)})") from None
     except OmegaConfBaseException as err:
         message = str(getattr(err, "msg", err)).splitlines()[0]
-        raise error(f"{where}: {message} (valid parameters: {describe(params)})") from None
+        key = getattr(err, "full_key", None)
+        raise error(f"{where}: {f'{key}: ' if key else ''}{message} (valid parameters: {describe(params)})") from None
     if missing := sorted(OmegaConf.missing_keys(merged)):
-        raise error(f"{where}: set {', '.join(key + name for name in missing)}")
+        raise error(f"{where}: set {', '.join(prefix + name for name in missing)}")
     out = OmegaConf.to_object(merged)
     try:
         out.check()
     except CambenchError as err:
         raise error(f"{where}: {err}") from None
     return out
+
+
+def validate_schema(schema: type, values: Mapping[str, Any], where: str, error: type[CambenchError]) -> Any:
+    """``values`` merged into a config schema (a dataclass such as a dataset's), as a DictConfig; ``error`` with
+    one line naming the problem otherwise."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), dict(values))
+    except OmegaConfBaseException as err:
+        message = str(getattr(err, "msg", err)).splitlines()[0]
+        raise error(f"{where}: {message}") from None
+    if missing := sorted(OmegaConf.missing_keys(merged)):
+        raise error(f"{where}: set {', '.join(missing)}")
+    return merged
 
 
 def as_dict(params: Params) -> dict[str, Any]:

@@ -41,7 +41,7 @@ import pandas as pd
 import torch
 import yaml
 
-from cambench.cli.regress import REFERENCE_DIR, SWEEP, TOLERANCE, cpu_name, load_sweep, run_sweep
+from cambench.app.regress import REFERENCE_DIR, SWEEP, TOLERANCE, cpu_name, load_sweep, run_sweep
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,13 @@ import torch
 from hydra import compose, initialize_config_dir
 from matplotlib.image import imread
 
+from cambench.analysis.aggregate import default_out
 from cambench.analysis.leaderboard import LeaderboardError, build, interval, select
 from cambench.analysis.plots import CELL, DPI, GRID_FILE, save_grid_data
 from cambench.analysis.runs import RunsError, find_runs
 from cambench.app.config import validate
 from cambench.app.run import run
-from cambench.cli.aggregate import default_out, main
+from cambench.cli.aggregate import main
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 COMMON = ["runner.num_images=8", "dataset.image_size=64", "runner.progress=false", "runner.bootstrap=50"]

@@ -148,7 +148,10 @@ def test_every_dataset_config_validates(dataset, tmp_path):
         ("runner.device=gpu", "valid choices: auto, cpu, cuda, cuda:N"),
         ("model.name=resnet5", "unknown model.name 'resnet5'"),
         ("+metrics.deletion_insertion.step=3", "steps: int = 224, pixels_per_step: int | None = None, final_point"),
-        ("metrics.deletion_insertion.steps=abc", "metrics.deletion_insertion: Value 'abc' of type 'str' could not"),
+        (
+            "metrics.deletion_insertion.steps=abc",
+            "metrics.deletion_insertion: steps: Value 'abc' of type 'str' could not",
+        ),
         ("metrics.deletion_insertion.steps=0", "deletion_insertion.steps and pixels_per_step must be >= 1"),
         ("+metrics.nosuch={}", "unknown metric 'nosuch'; valid choices: adcc, class_sensitivity, confidence"),
         ("+metrics.confidence={}", "metrics adcc and confidence both write average_drop: keep one of them"),
@@ -158,7 +161,10 @@ def test_every_dataset_config_validates(dataset, tmp_path):
         ("+method.samples=3", "method: unknown parameter 'samples'"),
         ("method=smoothgradcampp", None),
         ("metrics=all", None),
-        ("method=smoothgradcampp method.samples=many", "method: Value 'many' of type 'str' could not be converted"),
+        (
+            "method=smoothgradcampp method.samples=many",
+            "method: samples: Value 'many' of type 'str' could not be converted",
+        ),
         ("method=smoothgradcampp method.samples=0", "smoothgradcampp needs samples >= 1"),
         ("method=reciprocam method.kernel=box", "unknown reciprocam kernel 'box'; valid: onehot, gaussian"),
         ("model.target_layer=[]", "model.target_layer must be a module path or a list of them"),

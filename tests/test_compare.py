@@ -6,7 +6,8 @@ import json
 import pandas as pd
 import pytest
 
-from cambench.cli.compare import compare, holm, load_run, main
+from cambench.analysis.compare import compare, holm, load_run
+from cambench.cli.compare import main
 
 
 def write_run(folder, method, ids, deletion, insertion):

@@ -17,10 +17,11 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from PIL import Image
 
+from cambench.analysis import report
 from cambench.analysis.runs import find_runs
 from cambench.app.config import validate
 from cambench.app.run import preflight, run
-from cambench.cli import report
+from cambench.cli.report import main as report_main
 from cambench.data.base import DatasetError
 from cambench.data.preprocessing import Preprocessing
 from cambench.data.registry import DATASETS
@@ -161,7 +162,7 @@ def test_a_poppi2021_sweep_from_the_command_line_and_its_report_beside_recipro_c
     assert config["metrics"]["deletion_insertion"]["deletion_substrate"] == "black" and "adcc" in config["metrics"]
     assert config["dataset"]["crop_size"] == 32 and config["runner"]["baselines"] == []
 
-    assert report.main(["poppi2021", str(sweep), "--out", str(tmp_path / "report")]) == 0
+    assert report_main(["poppi2021", str(sweep), "--out", str(tmp_path / "report")]) == 0
     table = pd.read_csv(tmp_path / "report" / "report.csv")
     gradcam = table[table["method"] == "gradcam"].set_index("ours")
     summary = next(r for r in runs if r.method == "gradcam").summary.set_index("metric")["mean"]

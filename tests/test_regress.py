@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from cambench.cli.regress import REPORT, RegressError, Tolerances, compare, load_sweep, main
+from cambench.app.regress import REPORT, RegressError, Tolerances, compare, load_sweep
+from cambench.cli.regress import main
 from cambench.methods.base import weighted_sum
 from cambench.methods.gradcam import GradCAM
 

@@ -17,7 +17,6 @@ from cambench.app.resume import STARTED, STATE, fingerprint
 from cambench.app.run import run
 from cambench.io.maps import load_maps
 from cambench.io.writer import RunWriter, complete_rows
-from cambench.metrics import Metric
 from cambench.models.engine import Stream, batch_seed
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
@@ -40,16 +39,19 @@ class Killed(Exception):
     pass
 
 
-def kill_at(monkeypatch, batch: int, explainer: str) -> None:
-    """Every metric of ``explainer`` raises on batch ``batch`` (0-based), as a kill would stop the run there."""
-    update = Metric.update
+def kill_at(monkeypatch, batch: int, file: str) -> None:
+    """The run is killed when it appends batch ``batch`` (0-based) to the per-image ``file``: the files written
+    before it in that batch hold the batch, the others do not (a kill between two appends)."""
+    append, calls = RunWriter.append, {}
 
-    def maybe_kill(self, inputs):
-        if self.ctx.engine.batch == batch and self.ctx.method.name == explainer:
-            raise Killed
-        return update(self, inputs)
+    def maybe_kill(self, rows):
+        if self.per_image.name == file:
+            calls[id(self)] = calls.get(id(self), -1) + 1  # one append a batch: the batch's index
+            if calls[id(self)] == batch:
+                raise Killed
+        return append(self, rows)
 
-    monkeypatch.setattr(Metric, "update", maybe_kill)
+    monkeypatch.setattr(RunWriter, "append", maybe_kill)
 
 
 def scores(frame: pd.DataFrame) -> pd.DataFrame:
@@ -61,13 +63,14 @@ def test_a_killed_run_resumed_ends_as_an_uninterrupted_one(tmp_path, monkeypatch
     reference = run(config(tmp_path, *STOCHASTIC), tmp_path / "reference")
     roots = f"runner.resume_roots=[{tmp_path / 'runs'}]"
     first = tmp_path / "runs" / "first"
-    # the method scores batch 1, then the baseline is killed on it: the files are uneven (8 rows and 4)
+    # the method's rows of batch 1 are written, then the run is killed before the baseline's: uneven files
+    # (8 rows and 4), the maps and the checkpoint of batch 0 only
     with monkeypatch.context() as patch:
-        kill_at(patch, 1, "noisecam")
+        kill_at(patch, 1, "per_image_noisecam.csv")
         with pytest.raises(Killed):
             run(config(tmp_path, *STOCHASTIC, roots), first)
     assert (complete_rows(first / "per_image.csv"), complete_rows(first / "per_image_noisecam.csv")) == (8, 4)
-    assert len(list((first / "maps").glob("*.npz"))) == 2 and not (first / "run.json").exists()
+    assert len(list((first / "maps").glob("*.npz"))) == 1 and not (first / "run.json").exists()
 
     with caplog.at_level(logging.INFO, logger="cambench"):
         resumed = run(config(tmp_path, *STOCHASTIC, roots, "runner.resume=true"), tmp_path / "runs" / "second")

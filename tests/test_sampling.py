@@ -1,9 +1,10 @@
 """The images a run evaluates: seeded, stratified by label, in dataset order."""
 
+import pytest
 import torch
 
-from cambench.app.run import select_images
-from cambench.data.sampling import coverage, random_subset, stratified_subset
+from cambench.data.base import DatasetError
+from cambench.data.sampling import coverage, random_subset, select_images, stratified_subset
 
 
 def test_sorted_class_folders_give_one_image_per_class_not_the_first_two_classes():
@@ -40,3 +41,10 @@ def test_select_images_describes_what_it_chose():
     assert len(subset) == 5 and described == "5 random images (labels unknown)"
     everything, described = select_images(Unlabelled(), None, seed=0)
     assert len(everything) == 20 and described == "all 20 images"
+
+
+def test_more_images_than_the_dataset_holds_is_an_error_naming_the_fix():
+    """runner.num_images=50 on 20 images ran 20 without a word: now it is an error (null means all)."""
+    with pytest.raises(DatasetError, match=r"runner.num_images=50 but the dataset holds 20 images.*null"):
+        select_images(Unlabelled(), 50, seed=0)
+    assert len(select_images(Unlabelled(), 20, seed=0)[0]) == 20

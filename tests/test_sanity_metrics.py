@@ -303,7 +303,7 @@ def test_bad_options_raise(name, params):
 def test_explainers_that_fail_a_sanity_check_are_flagged_in_the_summary():
     import pandas as pd
 
-    from cambench.app.run import beside_baselines
+    from cambench.analysis.verdicts import beside_baselines
 
     def summary(similarity: float, spearman_mean: float) -> pd.DataFrame:
         return pd.DataFrame(

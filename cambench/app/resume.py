@@ -20,20 +20,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
-from cambench.io.writer import RUN_INFO, complete_rows, replaced
+from cambench.io.checkpoint import STATE
+from cambench.io.writer import RUN_INFO
 
 log = logging.getLogger(__name__)
 
 STARTED = "started.json"
-STATE = "state.pt"
 # runner keys that change no result: how it is resumed and shown, the loader's worker processes, the shared table
 IGNORED = ("resume", "resume_roots", "progress", "num_workers", "results_table")
 
@@ -71,29 +68,3 @@ def find_earlier(key: str, roots: list[str]) -> tuple[Path, bool] | None:
         return None
     finished, _, folder = max(found)
     return folder, finished
-
-
-@dataclass
-class Checkpoint:
-    """A run's progress, saved after every batch."""
-
-    batches: int = 0  # whole batches written by the method and every baseline
-    images: int = 0  # the images of those batches
-    seconds: float = 0.0  # wall time of the run so far
-    metrics: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # explainer -> metric -> state
-
-    def save(self, folder: Path) -> None:
-        with replaced(folder / STATE) as partial:
-            torch.save(vars(self), partial)
-
-    @classmethod
-    def load(cls, folder: Path, files: list[str]) -> Checkpoint:
-        """The checkpoint of ``folder``; a fresh one (with a warning) when one of the per-image ``files`` holds
-        fewer rows than it (a file lost its end: the metrics' state would be ahead of the rows)."""
-        path = folder / STATE
-        checkpoint = cls(**torch.load(path, weights_only=True)) if path.exists() else cls()
-        held = min(complete_rows(folder / name) for name in files)
-        if held < checkpoint.images:
-            log.warning("%s checkpointed %d images, its files hold %d: starting over", folder, checkpoint.images, held)
-            return cls()
-        return checkpoint

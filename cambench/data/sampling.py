@@ -13,6 +13,9 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+from torch.utils.data import Dataset, Subset
+
+from cambench.data.base import DatasetError
 
 
 def stratified_subset(labels: Sequence[int] | Tensor, n: int, seed: int) -> Tensor:
@@ -48,3 +51,22 @@ def coverage(labels: Tensor) -> str:
     lo, hi = per_class.min().item(), per_class.max().item()
     spread = f"{lo} per class" if lo == hi else f"{lo}-{hi} per class"
     return f"{len(labels)} images, {len(per_class)} classes, {spread}"
+
+
+def select_images(dataset: Dataset, n: int | None, seed: int) -> tuple[Dataset, str]:
+    """The ``n`` images a run evaluates (None: all), a seeded subset stratified by label where the dataset
+    knows its labels (``dataset.labels()``), and a line on their class coverage. More images than the
+    dataset holds is an error: the run would silently be smaller than asked."""
+    if n is not None and n > len(dataset):
+        raise DatasetError(
+            f"runner.num_images={n} but the dataset holds {len(dataset)} images: ask for at most {len(dataset)}, "
+            "or runner.num_images=null for all of them"
+        )
+    if n is None or n == len(dataset):
+        return dataset, f"all {len(dataset)} images"
+    labels = dataset.labels() if hasattr(dataset, "labels") else None
+    if labels is None:
+        return Subset(dataset, random_subset(len(dataset), n, seed).tolist()), f"{n} random images (labels unknown)"
+    index = stratified_subset(labels, n, seed)
+    described = coverage(torch.as_tensor(labels)[index])
+    return Subset(dataset, index.tolist()), f"{described} (seeded subset of {len(dataset)})"

@@ -82,17 +82,20 @@ class RunWriter:
         self.rows_written += len(rows)
 
     def rows(self) -> pd.DataFrame:
-        return pd.read_csv(self.per_image)
+        return pd.read_csv(self.per_image, dtype={"id": str})
 
-    def finish(self, summary: pd.DataFrame, config: dict, timings: dict) -> None:
-        summary.to_csv(self.out_dir / SUMMARY, index=False)
-        info = {
-            "config": config,
-            "versions": versions(),
-            "timings": timings,
-            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
-        (self.out_dir / RUN_INFO).write_text(json.dumps(info, indent=2) + "\n")
+
+def write_run_info(folder: Path, summary: pd.DataFrame, config: dict, timings: dict) -> None:
+    """A finished run's ``summary.csv``, then ``run.json`` (config, library versions, timings, the time it
+    finished): written last, so its presence means the run finished."""
+    summary.to_csv(folder / SUMMARY, index=False)
+    info = {
+        "config": config,
+        "versions": versions(),
+        "timings": timings,
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    (folder / RUN_INFO).write_text(json.dumps(info, indent=2) + "\n")
 
 
 def append_to_table(table: Path, summary: pd.DataFrame, run: dict) -> None:

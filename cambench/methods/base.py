@@ -167,7 +167,8 @@ class CAMMethod:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls.__signature__ = params.signature(cls.Params, SIGNATURE, ENGINE_OPTIONS)  # what help() and IDEs show
+        if "__init__" not in vars(cls):  # what help() and IDEs show: the model, the layer, the hyper-parameters
+            cls.__signature__ = params.signature(cls.Params, SIGNATURE, ENGINE_OPTIONS)
 
     def __init__(
         self,
@@ -276,7 +277,7 @@ class CAMMethod:
         with torch.inference_mode(False), torch.enable_grad():
             fw = self.forward(images, targets, ids=ids)
             raw = self.raw_map(fw).detach().float()
-        channels, height, width = fw.carries[-1][0].shape[1:]
+        channels, height, width = fw.carries[-1][0].shape[1:] if fw.carries else (0, 0, 0)
         passes = self.engine.actual_passes(self.passes(channels, height * width))
         return CAMOutput(finalise(raw, images.shape[-2:]), raw, fw.logits, fw.targets, passes)
 

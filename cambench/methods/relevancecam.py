@@ -52,6 +52,7 @@ layer runs forward twice (on x+ with w+ and on x- with w-) and backward through 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -59,16 +60,13 @@ from torchvision.models.mobilenetv3 import InvertedResidual, MobileNetV3
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 from torchvision.models.vgg import VGG
 from torchvision.ops.misc import SqueezeExcitation
-from zennit.canonizers import AttributeCanonizer
-from zennit.composites import ExcitationBackprop
-from zennit.layer import Sum
-from zennit.rules import Pass
-from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
-from zennit.types import Activation, BatchNorm
 
 from cambench.methods.base import CAMMethod, Forward, MethodError, register, weighted_sum
 from cambench.models.engine import Passes
 from cambench.models.split import SplitModel
+
+if TYPE_CHECKING:  # zennit is imported when a Relevance-CAM is built, not with the package
+    from zennit.composites import ExcitationBackprop
 
 # modules whose LRP is defined here: containers whose forward is known, and layers with a rule
 CONTAINERS = (nn.Sequential, ResNet, BasicBlock, Bottleneck, VGG, MobileNetV3, InvertedResidual, SqueezeExcitation)
@@ -100,6 +98,8 @@ def _gated_forward(self: SqueezeExcitation, x: Tensor) -> Tensor:
 
 
 def _mobilenet_v3_attributes(name: str, module: nn.Module) -> dict | None:
+    from zennit.layer import Sum
+
     if isinstance(module, InvertedResidual) and module.use_res_connect:
         return {"forward": _residual_forward.__get__(module), "canonizer_sum": Sum()}
     if isinstance(module, SqueezeExcitation):
@@ -115,6 +115,12 @@ def safe_denominator(z: Tensor) -> Tensor:
 def composite(within: set[str] | None = None) -> ExcitationBackprop:
     """The authors' rules (see the module docstring) as a zennit composite, with its canonizers,
     which rewrite only the blocks named in ``within`` (all blocks when None)."""
+    from zennit.canonizers import AttributeCanonizer
+    from zennit.composites import ExcitationBackprop
+    from zennit.rules import Pass
+    from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
+    from zennit.types import Activation, BatchNorm
+
     maps = [
         ResNetBottleneckCanonizer().attribute_map,
         ResNetBasicBlockCanonizer().attribute_map,

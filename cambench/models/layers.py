@@ -52,9 +52,12 @@ def default_target_layer(model: nn.Module, arch: str | None = None) -> str:
 
 
 def layer_paths(model: nn.Module, layers: str | nn.Module | Sequence[str | nn.Module] | None) -> list[str]:
-    """Dotted paths of target ``layers`` given as paths or as modules of ``model`` (None: its default layer)."""
+    """Dotted paths of target ``layers`` given as paths or as modules of ``model`` (None: its default layer;
+    an empty list: none, the model is not split)."""
     if layers is None:
         return [default_target_layer(model)]
+    if isinstance(layers, list | tuple) and not layers:
+        return []  # no split: the whole model as one stage (scoring only, or maps from elsewhere)
     names = {id(module): name for name, module in model.named_modules() if name}
     out = []
     for layer in [layers] if isinstance(layers, str | nn.Module) else list(layers):
@@ -66,8 +69,6 @@ def layer_paths(model: nn.Module, layers: str | nn.Module | Sequence[str | nn.Mo
             raise TargetLayerError(f"a target layer is a module path or a module, got {layer!r}")
         resolve_target_layer(model, layer)
         out.append(layer)
-    if not out:
-        raise TargetLayerError("no target layer given: give a module path, a module, or None for the default")
     return out
 
 

@@ -274,8 +274,17 @@ class HookSplit(SplitModel):
             handle.remove()
 
 
+class Whole(HookSplit):
+    """No target layer: the model as it is, one full forward pass (for scoring, or maps from another tool)."""
+
+    mode = "whole"
+
+
 def split_model(model: nn.Module, layers: Sequence[str]) -> SplitModel:
-    """The fx split of ``model`` at ``layers``, or the hook fallback when the model cannot be traced."""
+    """The fx split of ``model`` at ``layers``, or the hook fallback when the model cannot be traced; without
+    layers, the model untraced."""
+    if not layers:
+        return Whole(model, [])
     try:
         return SplitModel(model, layers)
     except SplitError:
