@@ -15,6 +15,11 @@ def test_the_wheel_ships_every_config_and_hydra_composes_from_the_installed_copy
     names = set(zipfile.ZipFile(wheel).namelist())
     for config in (ROOT / "conf").rglob("*.yaml"):
         assert f"cambench/conf/{config.relative_to(ROOT / 'conf').as_posix()}" in names
+    # every module of the package, the papers' published values, and the license pyproject names
+    for module in (ROOT / "cambench").rglob("*.py"):
+        assert module.relative_to(ROOT).as_posix() in names
+    assert "cambench/analysis/published/poppi2021.csv" in names
+    assert any(name.endswith(".dist-info/licenses/LICENSE") for name in names)
     target = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(target)
     # from another folder, with only the installed copy on the path, the app composes its config
