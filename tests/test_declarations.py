@@ -13,9 +13,12 @@ import pytest
 from omegaconf import OmegaConf
 
 from cambench import params
+from cambench.app.config import ModelConfig, RunnerConfig
+from cambench.data.registry import DATASETS
 from cambench.errors import CambenchError
 from cambench.methods import all_methods
 from cambench.metrics import METRICS
+from cambench.models.build import available_models
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 OMEGACONF_MISSING = "???"
@@ -91,3 +94,39 @@ def test_the_paper_protocols_stay_presets():
     assert (rise["steps"], rise["pixels_per_step"]) == (224, 224)
     assert (poppi["steps"], poppi["pixels_per_step"], poppi["final_point"]) == (100, None, False)
     assert METRICS["deletion_insertion"].Params().steps == 16
+
+
+def test_the_runner_file_is_the_runner_schema_at_its_defaults():
+    assert_defaults(load(CONF / "runner" / "default.yaml"), RunnerConfig, "conf/runner/default.yaml")
+    assert RunnerConfig().num_images == 64  # the command line's default subset, from Python too
+
+
+@pytest.mark.parametrize("path", sorted((CONF / "model").glob("*.yaml")), ids=lambda path: path.stem)
+def test_a_model_file_is_the_model_schema_at_its_defaults(path):
+    values = load(path)
+    assert values["name"] == path.stem and path.stem in available_models()
+    assert_defaults(values, ModelConfig, str(path), skip=("name",))
+
+
+@pytest.mark.parametrize("path", sorted((CONF / "dataset").glob("*.yaml")), ids=lambda path: path.stem)
+def test_a_dataset_file_is_its_schema_at_its_defaults(path):
+    values = load(path)
+    assert values["name"] == path.stem and path.stem in DATASETS
+    assert_defaults(values, DATASETS[path.stem].schema, str(path))
+    OmegaConf.merge(OmegaConf.structured(DATASETS[path.stem].schema), values)  # the types
+
+
+def test_every_dataset_has_its_file():
+    assert {path.stem for path in (CONF / "dataset").glob("*.yaml")} == set(DATASETS)
+
+
+@pytest.mark.parametrize("path", sorted((CONF / "experiment").glob("*.yaml")), ids=lambda path: path.stem)
+def test_an_experiment_sets_known_keys_of_valid_types(path):
+    values = load(path)
+    chosen = {key: value for entry in values["defaults"] for key, value in entry.items()}
+    dataset = chosen.get("override /dataset", "shapes")
+    schemas = {"runner": RunnerConfig, "model": ModelConfig, "dataset": DATASETS[dataset].schema}
+    for group, schema in schemas.items():
+        OmegaConf.merge(OmegaConf.structured(schema), values.get(group, {}))  # raises on an unknown key or type
+    for name, given in values.get("metrics", {}).items():
+        params.validate(METRICS[name].Params, given, str(path), CambenchError)
