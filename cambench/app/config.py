@@ -6,7 +6,8 @@ work with a one-line message that lists the valid choices. Method and metric par
 checked against the ``Params`` declaration of their class (names, types and defaults), then
 against its ``check`` (values). The runner's schema, :class:`~cambench.effects.RunnerConfig`, is
 declared in :mod:`cambench.effects` with the effect of each key on the results (the leaderboard reads
-it too); the datasets' schemas are in :mod:`cambench.data.registry`. Every YAML of ``conf/`` holds its
+it too); the datasets' schemas are in :mod:`cambench.data.registry`. The files of ``conf/method``,
+``conf/metrics`` (presets aside), ``conf/model``, ``conf/dataset`` and ``conf/runner`` hold their
 schema's keys at their defaults (tests/test_declarations.py).
 """
 
