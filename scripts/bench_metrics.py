@@ -56,7 +56,7 @@ from cambench.methods import build_method
 from cambench.metrics import MetricContext, MetricInput, build_metric
 from cambench.metrics.deletion_insertion import curve_points, perturbation_curve, pixel_ranks
 from cambench.metrics.randomisation import randomisation_blocks
-from cambench.metrics.road import road_images
+from cambench.metrics.road import ROAD, road_images
 from cambench.models.engine import Engine, build_engine
 from cambench.models.layers import default_target_layer
 
@@ -123,10 +123,11 @@ def ours(
     """Our metrics at the peers' settings: name -> (call, forward passes per image, more maps per image)."""
     steps, size = args.steps, args.image_size
     ctx = MetricContext(engine, method)
-    counts, _ = curve_points(size * size, steps, device=batch.images.device)
+    counts, _ = curve_points(size * size, steps, None, True, batch.images.device)
     ranks = pixel_ranks(batch.maps, torch.Generator(device=batch.images.device).manual_seed(0))
     zeros = torch.zeros_like(batch.images)
     generator = torch.Generator(device=batch.images.device).manual_seed(0)
+    road = ROAD.Params()  # the imputation at ROAD's defaults
     metrics = {
         "deletion_insertion": ({"steps": steps, "insertion_substrate": "zeros"}, 2 * (steps + 1), 0),
         "confidence": ({}, 1, 0),
@@ -144,11 +145,15 @@ def ours(
     }
     calls = {
         "deletion curve": (
-            lambda: perturbation_curve(engine.scorer, batch.images, zeros, ranks, batch.targets, counts),
+            lambda: perturbation_curve(engine.scorer, batch.images, zeros, ranks, batch.targets, counts, "probability"),
             steps + 1,
             0,
         ),
-        "road imputation": (lambda: road_images(batch.images, batch.maps, PERCENTAGES, generator=generator), 0, 0),
+        "road imputation": (
+            lambda: road_images(batch.images, batch.maps, PERCENTAGES, road.noise, road.tol, road.max_iter, generator),
+            0,
+            0,
+        ),
     }
     for name, (params, forwards, maps) in metrics.items():
         metric = build_metric(name, ctx, **params)

@@ -147,7 +147,7 @@ def test_every_dataset_config_validates(dataset, tmp_path):
         ("runner.batch_size=abc", "runner:"),
         ("runner.device=gpu", "valid choices: auto, cpu, cuda, cuda:N"),
         ("model.name=resnet5", "unknown model.name 'resnet5'"),
-        ("+metrics.deletion_insertion.step=3", "steps: int = 224, pixels_per_step: int | None = None, final_point"),
+        ("+metrics.deletion_insertion.step=3", "steps: int = 16, pixels_per_step: int | None = None, final_point"),
         (
             "metrics.deletion_insertion.steps=abc",
             "metrics.deletion_insertion: steps: Value 'abc' of type 'str' could not",

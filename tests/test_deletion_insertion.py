@@ -50,9 +50,9 @@ def ranks(saliency=SALIENCY, seed=0):
 def rise_like(scorer, images, saliency, targets, steps, blur_kernel=11, blur_sigma=5.0, lerf=False):
     """RISE's substrates (zeros, blur) at ``steps`` steps, through the functional pieces."""
     blurred = substrate("blur", images, Preprocessing(), blur_kernel=blur_kernel, blur_sigma=blur_sigma)
-    counts, intervals = curve_points(images.shape[-2] * images.shape[-1], steps)
+    counts, intervals = curve_points(images.shape[-2] * images.shape[-1], steps, None, True)
     curves = deletion_insertion_curves(
-        scorer, images, ranks(saliency), targets, torch.zeros_like(images), blurred, counts, lerf=lerf
+        scorer, images, ranks(saliency), targets, torch.zeros_like(images), blurred, counts, "probability", lerf
     )
     return areas(curves, intervals)
 
@@ -75,7 +75,9 @@ def test_step_counts_round_to_the_exact_fraction():
 
 
 def test_deletion_curve_and_auc_exact():
-    curve = perturbation_curve(scorer(), IMAGE, torch.zeros_like(IMAGE), ranks(), torch.tensor([1]), step_counts(4, 4))
+    curve = perturbation_curve(
+        scorer(), IMAGE, torch.zeros_like(IMAGE), ranks(), torch.tensor([1]), step_counts(4, 4), "probability"
+    )
     # mean after removing the top 0..4 pixels: 1.0/4, 0.6/4, 0.3/4, 0.1/4, 0
     torch.testing.assert_close(curve, torch.tensor([[0.25, 0.15, 0.075, 0.025, 0.0]]))
     # trapezoid on [0, 1]: (0.5 - 0.25/2 - 0/2) / 4
@@ -83,14 +85,18 @@ def test_deletion_curve_and_auc_exact():
 
 
 def test_insertion_like_curve_from_zeros_exact():
-    curve = perturbation_curve(scorer(), torch.zeros_like(IMAGE), IMAGE, ranks(), torch.tensor([1]), step_counts(4, 4))
+    curve = perturbation_curve(
+        scorer(), torch.zeros_like(IMAGE), IMAGE, ranks(), torch.tensor([1]), step_counts(4, 4), "probability"
+    )
     torch.testing.assert_close(curve, torch.tensor([[0.0, 0.1, 0.175, 0.225, 0.25]]))
     torch.testing.assert_close(auc(curve), torch.tensor([0.15625]))
 
 
 def test_steps_not_dividing_the_pixel_count_move_the_rounded_share():
     # 4 pixels, 3 steps: round(4 i / 3) = 0, 1, 3, 4 pixels removed
-    curve = perturbation_curve(scorer(), IMAGE, torch.zeros_like(IMAGE), ranks(), torch.tensor([1]), step_counts(4, 3))
+    curve = perturbation_curve(
+        scorer(), IMAGE, torch.zeros_like(IMAGE), ranks(), torch.tensor([1]), step_counts(4, 3), "probability"
+    )
     torch.testing.assert_close(curve, torch.tensor([[0.25, 0.15, 0.025, 0.0]]))
 
 
@@ -170,11 +176,12 @@ def test_the_metrics_random_tie_breaks_are_seeded_by_the_run():
 
 
 def test_curve_points_by_steps_by_pixels_per_step_and_without_the_final_point():
-    counts, n = curve_points(1024, pixels_per_step=224)  # RISE's code: ceil(1024 / 224) = 5 steps, the last short
+    # RISE's code: ceil(1024 / 224) = 5 steps, the last short (steps is not used with pixels_per_step)
+    counts, n = curve_points(1024, 1, pixels_per_step=224, final_point=True)
     assert counts.tolist() == [0, 224, 448, 672, 896, 1024] and n == 5
-    counts, n = curve_points(100, steps=100, final_point=False)  # Poppi: 0%, 1%, ..., 99%
+    counts, n = curve_points(100, steps=100, pixels_per_step=None, final_point=False)  # Poppi: 0%, 1%, ..., 99%
     assert counts.tolist() == list(range(100)) and n == 100
-    assert curve_points(4, steps=3)[0].tolist() == [0, 1, 3, 4]
+    assert curve_points(4, steps=3, pixels_per_step=None, final_point=True)[0].tolist() == [0, 1, 3, 4]
     # without the final point the area ends at x = (n - 1) / n: (0.25 + 0.15 + 0.075 + 0.025 - 0.125 - 0.0125) / 4
     torch.testing.assert_close(auc(torch.tensor([[0.25, 0.15, 0.075, 0.025]]), 4), torch.tensor([0.090625]))
 

@@ -222,11 +222,11 @@ def test_faithfulness_correlation_exact_on_a_linear_stub():
     targets = torch.zeros(2, dtype=torch.long)
     # baseline 0: removing S drops the logit by sum_{i in S} x0_i / 36: a map equal to x0 correlates exactly
     zeros = torch.zeros_like(images)
-    value = faithfulness_correlation(ctx.scorer, images, images[:, 0], targets, zeros, subsets, clean)
+    value = faithfulness_correlation(ctx.scorer, images, images[:, 0], targets, zeros, subsets, clean, "logit")
     torch.testing.assert_close(value, torch.ones(2))
-    flipped = faithfulness_correlation(ctx.scorer, images, -images[:, 0], targets, zeros, subsets, clean)
+    flipped = faithfulness_correlation(ctx.scorer, images, -images[:, 0], targets, zeros, subsets, clean, "logit")
     torch.testing.assert_close(flipped, -torch.ones(2))
-    flat = faithfulness_correlation(ctx.scorer, images, torch.ones(2, 6, 6), targets, zeros, subsets, clean)
+    flat = faithfulness_correlation(ctx.scorer, images, torch.ones(2, 6, 6), targets, zeros, subsets, clean, "logit")
     assert flat.isnan().all()  # a constant map: every subset has the same mass, r undefined
 
 
@@ -255,7 +255,7 @@ def test_infidelity_by_hand_and_as_captum_computes_it_with_the_same_perturbation
     noise = 0.2 * torch.randn(2, 5, 3, 4, 4, generator=torch.Generator().manual_seed(1))
     targets = torch.zeros(2, dtype=torch.long)
     clean = images[:, 0].mean((1, 2))
-    ours = infidelity(ctx.scorer, images, maps, targets, noise, clean)
+    ours = infidelity(ctx.scorer, images, maps, targets, noise, clean, "logit")
     # by hand: the logit drops by mean(I_0); the map explains sum_hw L (I_0 + I_1 + I_2)
     explained = (maps[:, None] * noise.sum(2)).sum((2, 3))
     expected = ((explained - noise[:, :, 0].mean((2, 3))) ** 2).mean(1)

@@ -52,7 +52,7 @@ MAP = torch.tensor([[[0.5, 0, 0, 0], [0, 1.0, 0.5, 0], [0, 0.25, 0.25, 0], [0, 0
 
 
 def test_every_column_exact_on_a_hand_made_map():
-    values = localisation(MAP, centre_mask())
+    values = localisation(MAP, centre_mask(), tolerance=0, threshold=0.5)
     assert set(values) == set(NAMES)
     assert values["pointing_game"].item() == 1.0
     assert values["energy_pointing_game"].item() == pytest.approx(2.0 / 2.5)
@@ -69,13 +69,13 @@ def test_every_column_exact_on_a_hand_made_map():
 def test_tied_maxima_count_the_share_that_hits():
     two = torch.zeros(1, 4, 4)
     two[0, 1, 1] = two[0, 0, 3] = 1.0  # one maximum in the block, one outside
-    assert pointing_game(two, centre_mask()).item() == 0.5  # Quantus's any-maximal-pixel rule: a hit
+    assert pointing_game(two, centre_mask(), 0).item() == 0.5  # Quantus's any-maximal-pixel rule: a hit
     # a constant map points nowhere: the chance rate, as for a random map
-    assert pointing_game(torch.full((1, 4, 4), 0.3), centre_mask()).item() == pytest.approx(4 / 16)
+    assert pointing_game(torch.full((1, 4, 4), 0.3), centre_mask(), 0).item() == pytest.approx(4 / 16)
     # Fake-CAM (1 but at one pixel) scores the chance rate, not a hit on every image
     fake = torch.ones(1, 4, 4)
     fake[0, 3, 3] = 0
-    assert pointing_game(fake, centre_mask()).item() == pytest.approx(4 / 15)
+    assert pointing_game(fake, centre_mask(), 0).item() == pytest.approx(4 / 15)
 
 
 def test_rank_accuracy_shares_the_slots_left_among_pixels_tied_at_the_kth_value():
@@ -112,14 +112,14 @@ def test_dilation_equals_a_convolution_with_the_disk():
 
 def test_all_zero_maps_and_empty_masks():
     zero = torch.zeros(1, 4, 4)
-    values = localisation(zero, centre_mask())
+    values = localisation(zero, centre_mask(), tolerance=0, threshold=0.5)
     for name in ("energy_pointing_game", "relevance_mass"):
         assert math.isnan(values[name].item())  # 0 / 0
     assert values["pointing_game"].item() == pytest.approx(4 / 16)  # every pixel ties: the chance rate
     assert values["relevance_rank"].item() == pytest.approx(4 / 16)
     assert values["auroc"].item() == 0.5
     assert values["iou"].item() == 0.0
-    empty = localisation(MAP, torch.zeros(1, 4, 4, dtype=torch.bool))
+    empty = localisation(MAP, torch.zeros(1, 4, 4, dtype=torch.bool), tolerance=0, threshold=0.5)
     assert all(math.isnan(v.item()) for v in empty.values())  # nothing to localise
     assert math.isnan(auroc(MAP, torch.ones(1, 4, 4, dtype=torch.bool)).item())  # no negative pixel
     assert math.isnan(distractor_mass(zero, centre_mask()).item())
@@ -177,14 +177,14 @@ def test_agrees_with_quantus_on_random_maps(quantus):
     maps, masks = random_maps()
     options = {"normalise": False, "abs": False, "disable_warnings": True, "display_progressbar": False}
     pairs = [
-        (quantus.PointingGame, pointing_game),
+        (quantus.PointingGame, lambda maps, masks: pointing_game(maps, masks, 0)),
         (quantus.RelevanceMassAccuracy, relevance_mass),
         (quantus.RelevanceRankAccuracy, relevance_rank),
     ]
     for cls, ours in pairs:
         expected = quantus_scores(cls(**options), maps, masks)
         np.testing.assert_allclose(ours(maps, masks).numpy(), expected, rtol=1e-6, atol=1e-6)
-    hits = pointing_game(maps, masks)
+    hits = pointing_game(maps, masks, 0)
     assert 0 < hits.mean() < 1  # both outcomes occur
     # Deliberate difference: with tied maxima Quantus scores a hit if any maximal pixel is in the mask,
     # we the share of them that is (the expected hit of a random pick), so Fake-CAM-like maps score chance
@@ -193,7 +193,7 @@ def test_agrees_with_quantus_on_random_maps(quantus):
     theirs = quantus_scores(quantus.PointingGame(**options), fake, masks)
     assert (theirs == 1).all()
     expected = (masks.flatten(1)[:, :-1].sum(1) / (masks[0].numel() - 1)).float()
-    torch.testing.assert_close(pointing_game(fake, masks), expected)
+    torch.testing.assert_close(pointing_game(fake, masks, 0), expected)
 
 
 def test_the_renderer_gives_the_distractors_disjoint_from_the_object():

@@ -231,7 +231,7 @@ def test_bad_parameters_are_refused():
     with pytest.raises(MetricError, match=r"remove all 100 pixels .* use percentages below 99\.5"):
         build_metric("road", ctx, percentages=[50, 99.6]).update(batch)
     with pytest.raises(MetricError, match="keep at least one pixel"):
-        impute(images, torch.ones(1, 1, 10, 10, dtype=torch.bool))
+        impute(images, torch.ones(1, 1, 10, 10, dtype=torch.bool), noise=0.0)
 
 
 def test_the_config_file_sets_every_parameter_to_its_default():

@@ -281,7 +281,7 @@ def test_sensitivity_of_an_all_zero_map_is_divided_by_one_as_captum():
     method = ClassMaps(lambda c: torch.ones(16, 20))  # L(x + d) = 1 everywhere, L(x) = 0 given
     x = images(2)
     zero = torch.zeros(2, 16, 20)
-    s = sensitivities(method, x, zero, torch.tensor([0, 1]), uniform_noise(x, 2, 0.1, torch.Generator()))
+    s = sensitivities(method, x, zero, torch.tensor([0, 1]), uniform_noise(x, 2, 0.1, torch.Generator()), True)
     torch.testing.assert_close(s, torch.full((2, 2), math.sqrt(16 * 20), dtype=torch.float64))
 
 

@@ -8,8 +8,9 @@ hyper-parameters (``method.*``) that not every run shares join the method's labe
 ``runner.target``, a target layer) makes a protocol *variant* (``runner.target=label``). The value
 of such a key is read from each run's resolved config, so runs with and without an override that
 sets the default land in the same cell. A parameter of a metric that only some runs score makes a
-variant only where the runs that score it disagree; the choice of metrics and the bookkeeping
-(batch sizes, bootstrap resamples, baselines, saved files) never do. Runs that record no overrides
+variant only where the runs that score it disagree; the keys that change no score (the bookkeeping and
+selection keys of :mod:`cambench.effects`: the choice of metrics, batch sizes, bootstrap resamples,
+baselines, saved files, ...) never do. Runs that record no overrides
 (not launched by Hydra) but share a cell while their configs differ are told apart by the config
 keys that differ. When a cell was run more than once, the newest run (``finished`` in ``run.json``)
 is kept and a note says so.
@@ -24,17 +25,15 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from cambench.analysis.runs import FinishedRun
+from cambench.effects import BOOKKEEPING, SELECTION, keys
 from cambench.errors import CambenchError
 from cambench.metrics import METRICS
 
 GROUP = ("model", "dataset", "variant")  # the runs whose methods are compared with each other
 IDENTITY = (*GROUP, "method")
 BY_KEYS = GROUP  # what --by can pivot on
-# overrides that name the cell itself (the identity columns) or only do bookkeeping (no effect on scores)
-NOT_VARIANTS = {"model", "model.name", "method", "method.name", "dataset", "dataset.name"}
-NOT_VARIANTS |= {"runner.results_table", "runner.progress", "runner.num_workers", "runner.resume"}
-NOT_VARIANTS |= {"metrics", "runner.baselines", "runner.add_when_available", "runner.bootstrap", "runner.batch_size"}
-NOT_VARIANTS |= {"runner.score_batch_size", "runner.save_grid", "runner.save_maps", "runner.resume_roots"}
+CELL = {"model", "model.name", "method", "method.name", "dataset", "dataset.name"}  # overrides that name the cell
+NOT_VARIANTS = CELL | keys(BOOKKEEPING, SELECTION)  # and those that change no score (cambench.effects)
 METHOD_PREFIX = "method."
 METRIC_SECONDS = "seconds_"  # a metric's time per image is the cost column seconds_<metric>
 INTERVAL = ("ci95_low", "ci95_high")

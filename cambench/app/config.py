@@ -3,13 +3,17 @@
 Hydra composes ``conf/``; :func:`validate` merges each group into its schema (catching unknown
 keys and wrong types) and checks every name against its registry, so a typo fails before any
 work with a one-line message that lists the valid choices. Method and metric parameters are
-checked against the ``__init__`` signature of their class (names, types and defaults), then
-against the class's own ``check`` (values).
+checked against the ``Params`` declaration of their class (names, types and defaults), then
+against its ``check`` (values). The runner's schema, :class:`~cambench.effects.RunnerConfig`, is
+declared in :mod:`cambench.effects` with the effect of each key on the results (the leaderboard reads
+it too); the datasets' schemas are in :mod:`cambench.data.registry`. The files of ``conf/method``,
+``conf/metrics`` (presets aside), ``conf/model``, ``conf/dataset`` and ``conf/runner`` hold their
+schema's keys at their defaults (tests/test_declarations.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
@@ -18,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 from cambench import params
 from cambench.data.registry import DATASETS
 from cambench.device import AUTOCAST_DTYPES
+from cambench.effects import RunnerConfig
 from cambench.errors import CambenchError
 from cambench.methods import METHODS, all_methods
 from cambench.metrics import METRICS
@@ -33,29 +38,6 @@ class ModelConfig:
     name: str = MISSING
     weights: str = "auto"  # auto | reference | random | checkpoint path | torchvision weights name
     target_layer: Any = None  # dotted module path, a list of them (multi-layer methods), or null: the default
-
-
-@dataclass
-class RunnerConfig:
-    batch_size: int = 16
-    num_images: int | None = None  # a seeded, label-stratified random subset; null: the whole dataset
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    autocast: str | None = None  # null | bf16 | fp16
-    channels_last: bool = True  # NHWC memory format: faster convolutions on CPUs and tensor cores
-    target: str = "prediction"  # prediction | label
-    seed: int = 0
-    score_batch_size: Any = "auto"  # rows per forward chunk of perturbed inputs; auto: probed once per run
-    num_workers: int = 0
-    bootstrap: int = 1000  # resamples of the 95% bootstrap interval
-    results_table: str = "results/runs.csv"  # a summary row is appended per run
-    baselines: list[str] = field(default_factory=lambda: ["fakecam"])  # sanity methods scored beside the method
-    # metrics added to every run whose dataset gives what they need (ground-truth masks), at their defaults
-    add_when_available: list[str] = field(default_factory=lambda: ["localisation", "grid_pointing_game"])
-    progress: bool = True
-    save_grid: bool = False  # grid.png (the maps of the method and baselines on the first 8 images) and grid.npz
-    save_maps: bool = False  # the method's maps, batch by batch, in maps/ (cambench.io.maps)
-    resume: bool = False  # go on from the newest earlier run of this config under resume_roots; skip a finished one
-    resume_roots: list[str] = field(default_factory=lambda: ["outputs", "multirun"])  # Hydra's output trees
 
 
 GROUP_SCHEMAS = {"model": ModelConfig, "runner": RunnerConfig}

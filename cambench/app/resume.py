@@ -2,10 +2,10 @@
 the checkpoint a killed run goes on from.
 
 Every run first writes ``started.json`` into its folder: the fingerprint of its resolved config (a
-hash of all of it but the runner keys in ``IGNORED``, which change no per-image row or summary
-value) and the time it started. After every batch it rewrites ``state.pt``: the batches (and
-images) that the method and every sanity baseline have written, the seconds spent and the
-metrics' running state (the mean curves). With ``runner.resume=true`` the runner looks for the
+hash of all of it but the keys in ``IGNORED``: the bookkeeping keys of :mod:`cambench.effects`, which
+change no value in any file a run writes) and the time it started. After every batch it rewrites
+``state.pt``: the batches (and images) that the method and every sanity baseline have written, the
+seconds spent and the metrics' running state (the mean curves). With ``runner.resume=true`` the runner looks for the
 folders with the same fingerprint under ``runner.resume_roots`` (Hydra's ``outputs/`` and
 ``multirun/`` trees, relative to the working folder). The newest finished one (it holds
 ``run.json``) answers the job, which is skipped. Else the newest unfinished one is continued in
@@ -25,20 +25,28 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from cambench.effects import BOOKKEEPING, keys
 from cambench.io.checkpoint import STATE
 from cambench.io.writer import RUN_INFO
 
 log = logging.getLogger(__name__)
 
 STARTED = "started.json"
-# runner keys that change no result: how it is resumed and shown, the loader's worker processes, the shared table
-IGNORED = ("resume", "resume_roots", "progress", "num_workers", "results_table")
+# the keys (dotted) that change no value in any file a run writes: how it is resumed and shown, the loader's
+# worker processes, the shared table
+IGNORED = keys(BOOKKEEPING)
 
 
 def fingerprint(cfg: DictConfig) -> str:
-    """A hash of the resolved config without the ``IGNORED`` runner keys: equal for runs with equal results."""
+    """A hash of the resolved config without the ``IGNORED`` keys: equal for runs that write the same files."""
     config = OmegaConf.to_container(cfg, resolve=True)
-    config["runner"] = {k: v for k, v in config["runner"].items() if k not in IGNORED}
+    for key in IGNORED:
+        *path, name = key.split(".")
+        node = config
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(name, None)
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -7,8 +7,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def rise_kernel(size: int = 11, sigma: float = 5.0, truncate: float = 4.0) -> Tensor:
-    """RISE's ``gkern(size, sigma)``: scipy's gaussian_filter (mode ``reflect``) of a size x size delta."""
+def rise_kernel(size: int, sigma: float, truncate: float = 4.0) -> Tensor:
+    """RISE's ``gkern(size, sigma)`` (RISE: 11, 5): scipy's gaussian_filter (mode ``reflect``, its ``truncate``)
+    of a size x size delta."""
     radius = int(truncate * sigma + 0.5)
     offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
     weights = torch.exp(-(offsets**2) / (2 * sigma**2))
@@ -20,8 +21,8 @@ def rise_kernel(size: int = 11, sigma: float = 5.0, truncate: float = 4.0) -> Te
     return k[:, None] * k[None, :]
 
 
-def gaussian_blur(images: Tensor, kernel_size: int = 11, sigma: float = 5.0) -> Tensor:
-    """Per-channel blur with RISE's kernel and zero padding, as its substrate function."""
+def gaussian_blur(images: Tensor, kernel_size: int, sigma: float) -> Tensor:
+    """Per-channel blur with RISE's kernel (:func:`rise_kernel`) and zero padding, as its substrate function."""
     channels = images.shape[1]
     kernel = rise_kernel(kernel_size, sigma).to(images.dtype).to(images.device)
     weight = kernel.expand(channels, 1, kernel_size, kernel_size)

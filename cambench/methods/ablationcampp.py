@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from cambench.methods.base import CAMMethod, Forward, MethodError, register, weighted_sum
-from cambench.methods.clustering import kmeans
+from cambench.methods.clustering import ITERATIONS, TOLERANCE, kmeans
 from cambench.models.engine import Passes
 from cambench.models.scorer import take_rows
 
@@ -49,8 +49,8 @@ class AblationCAMPlusPlus(CAMMethod):
     class Params(CAMMethod.Params):
         groups: int = 8
         threshold: float = 0.0
-        iterations: int = 300
-        tolerance: float = 1e-4
+        iterations: int = ITERATIONS
+        tolerance: float = TOLERANCE
 
         def check(self) -> None:
             if self.groups < 1 or self.iterations < 1 or self.tolerance < 0:

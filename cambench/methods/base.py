@@ -47,17 +47,6 @@ class MethodError(CambenchError):
     """A method that cannot run as configured (its parameters, or the model it is given)."""
 
 
-# a method's constructor: the model and target layer, then (keyword-only) its hyper-parameters and these
-SIGNATURE = [
-    inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="nn.Module | Engine"),
-    inspect.Parameter("target_layer", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None),
-]
-ENGINE_OPTIONS = [
-    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default)
-    for name, default in (("preprocessing", None), ("seed", 0), ("score_batch_size", None), ("autocast", None))
-]  # never the name of a hyper-parameter
-
-
 def register(name: str, registry: dict[str, type[CAMMethod]] = METHODS) -> Callable[[type[CAMMethod]], type[CAMMethod]]:
     """Class decorator: make a method available under its config name (in ``registry``)."""
 
@@ -167,8 +156,14 @@ class CAMMethod:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if "__init__" not in vars(cls):  # what help() and IDEs show: the model, the layer, the hyper-parameters
-            cls.__signature__ = params.signature(cls.Params, SIGNATURE, ENGINE_OPTIONS)
+        if "__init__" in vars(cls):  # a constructor of its own (FunctionMethod): its signature stands
+            return
+        # what help() and IDEs show: __init__'s model and target layer, the hyper-parameters (keyword-only), then
+        # __init__'s engine options (never the name of a hyper-parameter)
+        given = list(inspect.signature(CAMMethod.__init__).parameters.values())[1:]  # without self
+        leading = [p for p in given if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+        options = [p for p in given if p.kind is inspect.Parameter.KEYWORD_ONLY]
+        cls.__signature__ = params.signature(cls.Params, leading, options)
 
     def __init__(
         self,

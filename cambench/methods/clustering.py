@@ -27,6 +27,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+# scikit-learn's KMeans defaults (max_iter, tol), the seed project's: the default of every method's k-means
+ITERATIONS, TOLERANCE = 300, 1e-4
+
 
 @dataclass
 class Clusters:
@@ -39,8 +42,8 @@ def kmeans(
     counts: Tensor,
     generator: torch.Generator,
     weights: Tensor | None = None,
-    iterations: int = 300,
-    tol: float = 1e-4,
+    iterations: int = ITERATIONS,
+    tol: float = TOLERANCE,
 ) -> Clusters:
     """Cluster the N points of each of B problems R times, run r of problem b into ``counts[b, r]`` clusters."""
     points = points.float()

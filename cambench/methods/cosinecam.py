@@ -38,7 +38,7 @@ from torch import Tensor
 
 from cambench.data.blur import sampled_gaussian_blur
 from cambench.methods.base import CAMMethod, Forward, MethodError, minmax, register, upsample, weighted_sum
-from cambench.methods.clustering import elbow, kmeans
+from cambench.methods.clustering import ITERATIONS, TOLERANCE, elbow, kmeans
 from cambench.models.engine import Passes
 from cambench.models.scorer import take_rows
 
@@ -123,8 +123,8 @@ def median_centred(raw: Tensor, size: tuple[int, int]) -> Tensor:
 class GroupingParams(CAMMethod.Params):
     """What Cosine-CAM and Cluster-CAM share: k-means and the blur of the masked inputs."""
 
-    iterations: int = 300  # k-means iterations at most
-    tolerance: float = 1e-4  # k-means stops when no centre moves more than this
+    iterations: int = ITERATIONS  # k-means iterations at most
+    tolerance: float = TOLERANCE  # k-means stops when no centre moves more than this
     kernel_size: int = 51  # the blur of x (the seed's, as Group-CAM's)
     sigma: float = 50.0
 

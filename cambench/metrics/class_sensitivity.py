@@ -46,7 +46,7 @@ def other_classes(targets: Tensor, classes: int, generator: torch.Generator) -> 
 
 
 def gaussian_window(
-    size: int = 11, sigma: float = 1.5, dtype: torch.dtype = torch.float64, device: torch.device | None = None
+    size: int, sigma: float, dtype: torch.dtype = torch.float64, device: torch.device | None = None
 ) -> Tensor:
     """The normalised 1-D Gaussian (size,) of scipy.ndimage's gaussian_filter and torchmetrics."""
     x = torch.arange(size, dtype=dtype, device=device) - (size - 1) / 2
@@ -89,7 +89,7 @@ def ssim(
     return s.flatten(1).mean(1).float()
 
 
-def similarity(a: Tensor, b: Tensor, kind: str = "ssim") -> Tensor:
+def similarity(a: Tensor, b: Tensor, kind: str) -> Tensor:
     """Per-image similarity (B,) of two batches of maps (B, H, W): ``ssim`` or ``spearman``."""
     return ssim(a, b) if kind == "ssim" else spearman(a, b)
 

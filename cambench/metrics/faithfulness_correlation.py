@@ -49,7 +49,7 @@ def faithfulness_correlation(
     baseline: Tensor,
     subsets: Tensor,
     clean: Tensor,
-    output: str = "logit",
+    output: str,
 ) -> Tensor:
     """Per-image FC (B,) for ``subsets`` (B, R, n) pixel indices replaced by ``baseline`` (B, C, H, W);
     ``clean`` (B,) the target scores on the images."""

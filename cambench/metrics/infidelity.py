@@ -23,7 +23,7 @@ from cambench.models.scorer import OUTPUTS, Scorer, class_scores, expand_rows, o
 
 
 def infidelity(
-    scorer: Scorer, images: Tensor, maps: Tensor, targets: Tensor, noise: Tensor, clean: Tensor, output: str = "logit"
+    scorer: Scorer, images: Tensor, maps: Tensor, targets: Tensor, noise: Tensor, clean: Tensor, output: str
 ) -> Tensor:
     """Per-image infidelity (B,) for perturbations ``noise`` (B, N, C, H, W); ``clean`` (B,) the
     target scores on the images."""

@@ -82,7 +82,7 @@ def share(maps: Tensor, region: Tensor) -> Tensor:
     return torch.where(total != 0, (flat * inside).sum(1) / total.where(total != 0, 1.0), torch.nan)
 
 
-def pointing_game(maps: Tensor, masks: Tensor, tolerance: int = 0) -> Tensor:
+def pointing_game(maps: Tensor, masks: Tensor, tolerance: int) -> Tensor:
     """Hit (1) or miss (0) of the map's maximum on the mask grown by ``tolerance`` pixels, per image (B,);
     with tied maxima, the share of them that hit; NaN for an empty mask."""
     flat, target = _flat(maps, dilate(masks, tolerance))
@@ -96,7 +96,7 @@ def energy_pointing_game(maps: Tensor, masks: Tensor) -> Tensor:
     return _nan_where_empty(share(maps, masks), masks)
 
 
-def iou(maps: Tensor, masks: Tensor, threshold: float = 0.5) -> Tensor:
+def iou(maps: Tensor, masks: Tensor, threshold: float) -> Tensor:
     """IoU of {map >= threshold} with the mask (B,); NaN for an empty mask."""
     predicted, truth = (maps >= threshold).flatten(1), masks.flatten(1).bool()
     union = (predicted | truth).sum(1)
@@ -146,7 +146,7 @@ def distractor_mass(maps: Tensor, distractors: Tensor) -> Tensor:
     return share(maps, distractors).float()
 
 
-def localisation(maps: Tensor, masks: Tensor, tolerance: int = 0, threshold: float = 0.5) -> dict[str, Tensor]:
+def localisation(maps: Tensor, masks: Tensor, tolerance: int, threshold: float) -> dict[str, Tensor]:
     """Every column of :class:`Localisation` for maps (B, H, W) and masks (B, H, W) bool."""
     return {
         "pointing_game": pointing_game(maps, masks, tolerance),

@@ -56,6 +56,8 @@ from cambench.models.scorer import OUTPUTS, Scorer, expand_rows, owners
 log = logging.getLogger(__name__)
 
 PERCENTAGES = (10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0)
+# the solver's stop (ROAD's defaults too): residual <= TOL x |rhs| per image and channel, or MAX_ITER iterations
+TOL, MAX_ITER = 1e-5, 100
 # rows imputed at a time: few on a CPU, where the work arrays then stay in cache (4 rows: 2-3x faster
 # than 36), many on a GPU (~15 work arrays of rows x 3 x 224 x 224 float32: ~1.3 GB at 144 rows)
 SOLVE_ROWS = {"cpu": 4, "cuda": 144}
@@ -208,7 +210,7 @@ def coarse_fill(images: Tensor, u: Tensor) -> Tensor:
     return kept + u * prolong(coarse, h, w)
 
 
-def solve_imputation(images: Tensor, removed: Tensor, tol: float = 1e-5, max_iter: int = 100) -> tuple[Tensor, int]:
+def solve_imputation(images: Tensor, removed: Tensor, tol: float = TOL, max_iter: int = MAX_ITER) -> tuple[Tensor, int]:
     """The noiseless linear imputation of ``removed`` (N, 1, H, W) bool in ``images`` (N, C, H, W), and the
     CG iterations it took: multigrid-preconditioned CG for the correction d to the start x0 of
     :func:`coarse_fill`, A d = b - A x0 (CG in float32 on x itself stalls near 2e-4 at 224 px, its residual
@@ -226,10 +228,10 @@ def solve_imputation(images: Tensor, removed: Tensor, tol: float = 1e-5, max_ite
 def impute(
     images: Tensor,
     removed: Tensor,
-    noise: float = 0.01,
+    noise: float,
     generator: torch.Generator | None = None,
-    tol: float = 1e-5,
-    max_iter: int = 100,
+    tol: float = TOL,
+    max_iter: int = MAX_ITER,
 ) -> Tensor:
     """Noisy linear imputation (N, C, H, W) of ``removed`` (N, 1, H, W) bool in ``images`` (N, C, H, W):
     the linear fill plus N(0, noise^2) on the removed pixels, one draw of ``images.shape`` from ``generator``."""
@@ -257,10 +259,10 @@ def removed_counts(pixels: int, percentages: Sequence[float]) -> list[int]:
 def road_images(
     images: Tensor,
     maps: Tensor,
-    percentages: Sequence[float] = PERCENTAGES,
-    noise: float = 0.01,
-    tol: float = 1e-5,
-    max_iter: int = 100,
+    percentages: Sequence[float],
+    noise: float,
+    tol: float,
+    max_iter: int,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """The imputed images (B * 2P, C, H, W) of ``maps`` (B, H, W) on ``images`` (B, C, H, W): image b's row
@@ -291,11 +293,11 @@ def road(
     images: Tensor,
     maps: Tensor,
     targets: Tensor,
-    percentages: Sequence[float] = PERCENTAGES,
-    noise: float = 0.01,
-    output: str = "probability",
-    tol: float = 1e-5,
-    max_iter: int = 100,
+    percentages: Sequence[float],
+    noise: float,
+    output: str,
+    tol: float,
+    max_iter: int,
     generator: torch.Generator | None = None,
 ) -> dict[str, Tensor]:
     """Per-image road_morf, road_lerf and road_difference (B,) of ``maps`` (B, H, W) on ``images`` (B, C, H, W):
@@ -319,8 +321,8 @@ class ROAD(Metric):
         percentages: tuple[float, ...] = PERCENTAGES
         noise: float = 0.01
         output: str = "probability"
-        tol: float = 1e-5
-        max_iter: int = 100
+        tol: float = TOL
+        max_iter: int = MAX_ITER
 
         def check(self) -> None:
             if len(self.percentages) == 0 or not all(0 < p < 100 for p in self.percentages):

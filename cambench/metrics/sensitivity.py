@@ -44,7 +44,7 @@ def sensitivities(
     maps: Tensor,
     targets: Tensor,
     noise: Tensor,
-    normalise: bool = True,
+    normalise: bool,
     ids: Sequence[str] | None = None,
 ) -> Tensor:
     """s (B, N): ||L(x + d_n) - L(x)||_F (divided by ||L(x)||_F, or by 1 where it is 0, when

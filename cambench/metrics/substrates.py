@@ -24,10 +24,11 @@ def substrate(
     images: Tensor,
     preprocessing: Preprocessing,
     generator: torch.Generator | None = None,
-    blur_kernel: int = 11,
-    blur_sigma: float = 5.0,
+    blur_kernel: int | None = None,
+    blur_sigma: float | None = None,
 ) -> Tensor:
-    """The substrate ``name`` (B, C, H, W) for ``images`` (B, C, H, W), model input."""
+    """The substrate ``name`` (B, C, H, W) for ``images`` (B, C, H, W), model input; ``uniform`` draws from
+    ``generator``, ``blur`` takes the kernel size and sigma of the metric's parameters."""
     if name == "zeros":
         return torch.zeros_like(images)
     if name == "black":
@@ -35,6 +36,8 @@ def substrate(
     if name == "mean":
         return images.mean((2, 3), keepdim=True).expand_as(images)
     if name == "blur":
+        if blur_kernel is None or blur_sigma is None:
+            raise ValueError("the blur substrate needs blur_kernel and blur_sigma")
         return gaussian_blur(images, blur_kernel, blur_sigma)
     if name == "uniform":
         noise = torch.rand(images.shape, generator=generator, device=images.device, dtype=images.dtype)
